@@ -1,0 +1,130 @@
+"""The ``asyncvla`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from asyncvla.config import Config, ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Asynchronous RL fine-tuning of VLA policies.")
+console = Console()
+
+
+def _config(path: Path, overrides: list[str] | None) -> Config:
+    try:
+        return load_config(path, overrides or [])
+    except ConfigError as e:
+        _fail(e)
+
+
+def _fail(e: Exception) -> None:
+    # One line, exit code 2: the contract for any bad input at start.
+    print(f"error: {e}", file=sys.stderr)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="YAML config file."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. algo.lr=1e-4"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<name>-<time>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its latest checkpoint."),
+) -> None:
+    """Fine-tune a policy with RL (PPO or GRPO)."""
+    from asyncvla.rundir import default_run_dir
+    from asyncvla.train import train as run_train
+
+    cfg = _config(config, overrides)
+    if resume and run_dir is None:
+        _fail(ValueError("--resume needs --run-dir"))
+    path = run_dir or default_run_dir(cfg)
+    try:
+        summary = run_train(cfg, path, resume=resume, console=console)
+    except (ConfigError, FileExistsError, FileNotFoundError) as e:
+        _fail(e)
+    console.print_json(json.dumps(summary))
+    console.print(f"run directory: [bold]{path}[/bold]  (summary.json, metrics.jsonl, curves.png, checkpoints/)")
+
+
+@app.command()
+def sft(
+    config: Path = typer.Argument(..., help="YAML config file."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. sft.demos=20"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Checkpoint directory (default runs/<name>-sft-<time>)."),
+) -> None:
+    """Behaviour-clone the env's scripted expert (few-shot SFT warm start)."""
+    import time
+
+    import torch
+
+    from asyncvla.train import build_policy, evaluate, probe_env, run_sft
+
+    cfg = _config(config, overrides)
+    torch.manual_seed(cfg.seed)
+    try:
+        probe = probe_env(cfg)
+        policy = build_policy(cfg, probe)
+    except ConfigError as e:
+        _fail(e)
+    probe.close()
+    path = out or Path("runs") / f"{cfg.name}-sft-{time.strftime('%Y%m%d-%H%M%S')}"
+    info = run_sft(cfg, policy, path, console)
+    info["sft_success_rate"] = evaluate(cfg, policy, cfg.eval.episodes)["success_rate"]
+    (path / "sft.json").write_text(json.dumps(info, indent=2))
+    console.print_json(json.dumps(info))
+    console.print(f"checkpoint: [bold]{path}[/bold]  (use train.init={path})")
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint directory (model.safetensors + policy.json)."),
+    episodes: int = typer.Option(100, "--episodes", min=1),
+    config: Optional[Path] = typer.Option(None, "--config", help="Config for the env (default: the run's)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides of the env config"),
+) -> None:
+    """Evaluate a checkpoint deterministically on held-out init states."""
+    from asyncvla.policies import load_policy
+    from asyncvla.train import evaluate
+
+    cfg_path = config
+    if cfg_path is None:
+        for parent in checkpoint.resolve().parents:
+            if (parent / "config.yaml").is_file():
+                cfg_path = parent / "config.yaml"
+                break
+    cfg = _config(cfg_path, overrides) if cfg_path else _config(None, overrides)  # type: ignore[arg-type]
+    try:
+        policy = load_policy(checkpoint)
+    except FileNotFoundError as e:
+        _fail(e)
+    res = evaluate(cfg, policy, episodes)
+    res["checkpoint"] = str(checkpoint)
+    res["policy_version"] = policy.version
+    console.print_json(json.dumps(res))
+
+
+@app.command("env-speed")
+def env_speed(
+    env: str = typer.Option("tabletop", "--env"),
+    num_envs: int = typer.Option(16, "--num-envs", min=1),
+    chunk_size: int = typer.Option(4, "--chunk-size", min=1),
+    steps: int = typer.Option(20000, "--steps", min=1),
+) -> None:
+    """Measure env steps/s of one env process without latency emulation."""
+    from asyncvla.envs.speed import benchmark_env
+
+    console.print_json(json.dumps(benchmark_env(env, num_envs=num_envs, chunk_size=chunk_size, steps=steps)))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

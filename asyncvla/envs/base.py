@@ -1,0 +1,100 @@
+"""The vectorized env API every simulator implements.
+
+Observation batch (``ObsBatch``), for ``n`` envs:
+  - ``image``: uint8 [n, H, W, 3]
+  - ``wrist_image`` (optional): uint8 [n, H, W, 3]
+  - ``state``: float32 [n, S] proprioception
+  - ``instruction``: list[str] of length n
+
+Actions are chunks: float32 [n, K, A], executed in order; an env stops early inside a chunk
+when its episode terminates or truncates. After an env is done it must be reset (see
+``reset(options={"env_indices": ...})``) before it is stepped again.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+ObsBatch = dict[str, Any]
+
+
+class VectorEnv(ABC):
+    """A batch of ``num_envs`` envs of one task family, stepped with action chunks.
+
+    ``step`` returns ``(obs, reward, terminated, truncated, info)`` where reward is float32 [n]
+    (summed over the executed actions of the chunk), terminated/truncated are bool [n] and info
+    holds at least ``success`` bool [n], ``cost`` float32 [n] (0 unless a safety constraint is
+    violated; summed over the chunk) and ``steps`` int32 [n] (actions actually executed; 0 for an
+    env that was already done).
+    """
+
+    num_envs: int
+    single_observation_space: spaces.Dict
+    single_action_space: spaces.Box
+    max_episode_steps: int
+
+    @abstractmethod
+    def reset(
+        self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[ObsBatch, dict[str, Any]]:
+        """Reset envs and return the observation batch of *all* envs.
+
+        ``seed``: an int (env i gets ``seed + i``) or one seed per reset env.
+        ``options``: ``init_state`` (int or one per reset env: a deterministic start state id; same
+        seed and init state give identical observation bytes) and ``env_indices`` (reset only
+        these envs; ``seed``/``init_state`` sequences then align with ``env_indices``).
+        """
+
+    @abstractmethod
+    def step(self, actions: np.ndarray) -> tuple[ObsBatch, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Execute one action chunk [n, K, A] per env (a [n, A] array is a chunk of one)."""
+
+    @abstractmethod
+    def vocabulary(self) -> list[str]:
+        """Every word the instructions of this env can contain (for word tokenizers)."""
+
+    @property
+    def num_init_states(self) -> int | None:
+        """How many distinct init states ``options["init_state"]`` accepts (None: unbounded)."""
+        return None
+
+    def close(self) -> None:
+        """Release simulator resources."""
+
+
+class SingleEnv(gym.Env):
+    """A gymnasium ``Env`` over a one-env ``VectorEnv``; the action is one chunk [K, A]."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, venv: VectorEnv, chunk_size: int = 1) -> None:
+        if venv.num_envs != 1:
+            raise ValueError(f"SingleEnv needs a VectorEnv with num_envs=1, got {venv.num_envs}")
+        self.venv = venv
+        self.observation_space = venv.single_observation_space
+        a = venv.single_action_space
+        self.action_space = spaces.Box(
+            low=np.broadcast_to(a.low, (chunk_size, *a.shape)).copy(),
+            high=np.broadcast_to(a.high, (chunk_size, *a.shape)).copy(),
+            dtype=a.dtype,
+        )
+
+    @staticmethod
+    def _first(obs: ObsBatch) -> dict[str, Any]:
+        return {k: (v[0] if isinstance(v, list) else np.asarray(v)[0]) for k, v in obs.items()}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        obs, info = self.venv.reset(seed=seed, options=options)
+        return self._first(obs), {k: v for k, v in info.items()}
+
+    def step(self, action):
+        obs, r, term, trunc, info = self.venv.step(np.asarray(action, dtype=np.float32)[None])
+        one = {k: (np.asarray(v)[0].item() if np.ndim(v) else v) for k, v in info.items()}
+        return self._first(obs), float(r[0]), bool(term[0]), bool(trunc[0]), one

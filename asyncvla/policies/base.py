@@ -1,0 +1,91 @@
+"""The one Policy interface: ``act`` for rollout, ``evaluate`` for training.
+
+Log-probs and entropies are returned per action *token* ([B, K, A]: one per action dimension of
+each action of the chunk); the algorithms sum them to token, action or chunk level by config.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from asyncvla.envs.base import ObsBatch
+
+
+@dataclass
+class ActOutput:
+    actions: np.ndarray
+    """float32 [B, K, A], inside the env's action space."""
+    log_probs: np.ndarray
+    """float32 [B, K, A], per-token log-probs of ``actions`` under the behaviour policy."""
+    values: np.ndarray
+    """float32 [B], value estimates of the observations."""
+    version: int
+    """Policy version (number of optimizer steps of the weights) that produced the actions."""
+
+
+@dataclass
+class EvalOutput:
+    log_probs: torch.Tensor
+    """[B, K, A] per-token log-probs of the given actions (differentiable)."""
+    entropy: torch.Tensor
+    """[B, K, A] per-token entropy."""
+    values: torch.Tensor
+    """[B] value estimates."""
+
+
+class Policy(nn.Module, ABC):
+    """Base class: subclasses set ``chunk_size``, ``action_dim`` and implement the three methods."""
+
+    chunk_size: int
+    action_dim: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.version = 0
+
+    @abstractmethod
+    def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOutput:
+        """Sample (or, deterministically, take the mode of) an action chunk per observation."""
+
+    @abstractmethod
+    def evaluate(self, obs: ObsBatch, actions: np.ndarray | torch.Tensor) -> EvalOutput:
+        """Log-probs, entropy and values of ``actions`` [B, K, A] under the current weights."""
+
+    @abstractmethod
+    def init_kwargs(self) -> dict[str, Any]:
+        """JSON-serializable constructor kwargs, enough to rebuild the module for a checkpoint."""
+
+
+def save_policy(policy: Policy, directory: str | Path, name: str) -> Path:
+    """Write ``model.safetensors`` + ``policy.json`` (registry name, kwargs, version)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
+    save_file(state, str(d / "model.safetensors"))
+    meta = {"name": name, "kwargs": policy.init_kwargs(), "version": int(policy.version)}
+    (d / "policy.json").write_text(json.dumps(meta, indent=2))
+    return d
+
+
+def load_policy(directory: str | Path) -> Policy:
+    """Rebuild a policy from ``save_policy`` output (safetensors + JSON, never pickle)."""
+    from asyncvla.policies import POLICIES
+
+    d = Path(directory)
+    meta_path = d / "policy.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{d} is not a policy checkpoint (no policy.json)")
+    meta = json.loads(meta_path.read_text())
+    policy = POLICIES.get(meta["name"])(**meta["kwargs"])
+    policy.load_state_dict(load_file(str(d / "model.safetensors")))
+    policy.version = int(meta.get("version", 0))
+    return policy

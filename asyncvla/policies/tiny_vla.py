@@ -1,0 +1,368 @@
+"""TinyVLA: a small vision-language-action transformer trainable from scratch on a CPU.
+
+Inputs (an ``ObsBatch``): ``image_keys`` images uint8 [B, H, W, 3], ``state`` float32 [B, S] and
+``instruction`` list[str]. Pipeline:
+  - each image: CoordConv CNN (3 stride-2 stages, ReLU, FiLM-conditioned on the mean instruction word
+    embedding) -> a g x g feature map (g = min(image_grid, image_size / 8)) -> g*g patch tokens
+    (+ learned position and camera embeddings; the CNN is shared across cameras),
+  - instruction: word + position embeddings (padding masked),
+  - state: linear -> one token,
+  - fusion: a pre-norm transformer encoder over [CLS, state, instruction, image tokens],
+  - heads on concat(CLS output, mean image-token output): a value MLP -> [B] and an action head
+    (``heads.TokenHead`` or ``heads.GaussianHead``) -> a distribution over the chunk [B, K, A].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from asyncvla.envs.base import ObsBatch
+from asyncvla.policies import POLICIES
+from asyncvla.policies.base import ActOutput, EvalOutput, Policy
+from asyncvla.policies.heads import ActionHead, GaussianHead, TokenHead
+from asyncvla.policies.tokenizer import PAD_ID, WordTokenizer
+
+# Presets override width / depth / n_heads and the CNN stage widths. Parameter counts with the
+# default chunk (K=4, A=3, 256 bins, tokens head) are checked in tests/policies/test_tiny_vla.py.
+PRESETS: dict[str, dict[str, Any]] = {
+    "nano": {"width": 64, "depth": 2, "n_heads": 4, "cnn_channels": (16, 32, 64)},
+    "tiny": {"width": 128, "depth": 4, "n_heads": 4, "cnn_channels": (32, 64, 128)},
+    "small": {"width": 256, "depth": 10, "n_heads": 8, "cnn_channels": (64, 128, 256)},
+    "base": {"width": 512, "depth": 14, "n_heads": 8, "cnn_channels": (128, 256, 512)},
+}
+
+HEADS = ("tokens", "gaussian")
+
+
+class FiLMCoordCNN(nn.Module):
+    """CoordConv CNN: float images [N, 3, H, W] in [0, 1] -> feature map [N, C, g, g].
+
+    CoordConv: two normalized x/y coordinate channels are appended to the input so convolutions can
+    localize objects. Every stage is ``conv3x3/2 -> GroupNorm -> FiLM -> ReLU``, where FiLM scales
+    and shifts the channels from a conditioning vector (the instruction), letting the language pick
+    what the visual features keep before fusion.
+    """
+
+    def __init__(self, channels: Sequence[int], cond_dim: int, image_size: int, grid: int) -> None:
+        super().__init__()
+        self.channels = list(channels)
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        c_in = 3
+        for c in self.channels:
+            self.convs.append(nn.Conv2d(c_in, c, kernel_size=3, stride=2, padding=1))
+            self.norms.append(nn.GroupNorm(math.gcd(8, c), c))
+            c_in = c
+        # The first conv over [image, x, y] is conv(image) + conv(x, y), and the second term does not
+        # depend on the batch: computing it once per forward avoids concatenating 2 channels to
+        # every image (same function as CoordConv, less memory traffic).
+        self.coord_conv = nn.Conv2d(2, self.channels[0], kernel_size=3, stride=2, padding=1, bias=False)
+        coords = torch.linspace(-1.0, 1.0, image_size)
+        yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+        self.register_buffer("coords", torch.stack([xx, yy])[None], persistent=False)
+        self.film = nn.Linear(cond_dim, 2 * sum(self.channels))
+        # Zero init: FiLM starts as the identity and the language path is learned from there.
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+        # Three stride-2 stages give a ceil(image_size / 8) map; pool only when that exceeds the grid.
+        self.pool = nn.AdaptiveAvgPool2d(grid) if math.ceil(image_size / 8) > grid else nn.Identity()
+
+    def forward(self, images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """images float [N, 3, H, W] in [0, 1], cond [N, cond_dim] -> [N, C_last, g, g]."""
+        film = self.film(cond).split([c for c in self.channels for _ in range(2)], dim=-1)
+        x = images
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            x = conv(x)
+            if i == 0:
+                x = x + self.coord_conv(self.coords)
+            gamma, beta = film[2 * i], film[2 * i + 1]
+            x = F.relu(norm(x) * (1.0 + gamma[:, :, None, None]) + beta[:, :, None, None])
+        return self.pool(x)
+
+
+class FusionBlock(nn.Module):
+    """Pre-norm transformer encoder layer: ``x + MHA(LN(x))`` then ``x + MLP(LN(x))``, no dropout.
+
+    Equivalent to ``nn.TransformerEncoderLayer(norm_first=True, dropout=0, activation="gelu")``, but
+    without its eval-mode "fast path": on CPU with a padding mask that path is ~30% slower and not
+    bit-compatible with the training path, which would make ``act`` log-probs drift from ``evaluate``.
+    """
+
+    def __init__(self, width: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        """x [B, L, W], attend bool [B, 1, 1, L] (False: padding key) -> [B, L, W]."""
+        b, n, w = x.shape
+        q, k, v = (
+            self.qkv(self.norm1(x)).view(b, n, 3, self.n_heads, w // self.n_heads).permute(2, 0, 3, 1, 4)
+        )
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
+        x = x + self.proj(attn.transpose(1, 2).reshape(b, n, w))
+        return x + self.mlp(self.norm2(x))
+
+
+@POLICIES.register("tiny_vla")
+class TinyVLA(Policy):
+    """Small VLA policy with a token (discretized) or Gaussian action head; see the module docstring.
+
+    ``size`` (``"nano"``, ``"tiny"``, ``"small"``, ``"base"``) overrides ``width``, ``depth``,
+    ``n_heads`` and the CNN widths; without it the CNN stages have widths (W/4, W/2, W).
+    ``image_grid`` caps the side of the patch grid per camera (8: 64 image tokens at 64x64); the
+    fusion transformer dominates CPU cost, so 4 (16 tokens) is ~3x faster at some loss of detail.
+    """
+
+    def __init__(
+        self,
+        vocabulary: list[str],
+        image_size: int = 64,
+        image_keys: Sequence[str] = ("image",),
+        state_dim: int = 4,
+        action_dim: int = 3,
+        chunk_size: int = 4,
+        action_low: float | list[float] = -1.0,
+        action_high: float | list[float] = 1.0,
+        head: str = "tokens",
+        n_bins: int = 256,
+        width: int = 64,
+        depth: int = 2,
+        n_heads: int = 4,
+        max_instruction_len: int = 24,
+        init_log_std: float = -1.0,
+        size: str | None = None,
+        image_grid: int = 8,
+    ) -> None:
+        super().__init__()
+        image_keys = [image_keys] if isinstance(image_keys, str) else list(image_keys)
+        low, high = _validate(locals())
+        self._kwargs: dict[str, Any] = {
+            "vocabulary": list(vocabulary),
+            "image_size": int(image_size),
+            "image_keys": image_keys,
+            "state_dim": int(state_dim),
+            "action_dim": int(action_dim),
+            "chunk_size": int(chunk_size),
+            "action_low": _jsonable(action_low),
+            "action_high": _jsonable(action_high),
+            "head": head,
+            "n_bins": int(n_bins),
+            "width": int(width),
+            "depth": int(depth),
+            "n_heads": int(n_heads),
+            "max_instruction_len": int(max_instruction_len),
+            "init_log_std": float(init_log_std),
+            "size": size,
+            "image_grid": int(image_grid),
+        }
+        if size is not None:
+            width, depth, n_heads = (PRESETS[size][k] for k in ("width", "depth", "n_heads"))
+            cnn_channels = PRESETS[size]["cnn_channels"]
+        else:
+            cnn_channels = (max(8, width // 4), max(8, width // 2), width)
+
+        self.chunk_size = int(chunk_size)
+        self.action_dim = int(action_dim)
+        self.state_dim = int(state_dim)
+        self.image_size = int(image_size)
+        self.image_keys = image_keys
+        self.width = width
+        self.tokenizer = WordTokenizer(vocabulary, max_instruction_len)
+
+        grid = min(image_grid, math.ceil(image_size / 8))
+        self.cnn = FiLMCoordCNN(cnn_channels, width, image_size, grid)
+        self.patch_proj = nn.Linear(cnn_channels[-1], width)
+        self.patch_pos = nn.Parameter(torch.randn(grid * grid, width) * 0.02)
+        self.camera_emb = nn.Parameter(torch.randn(len(image_keys), 1, width) * 0.02)
+        self.word_emb = nn.Embedding(self.tokenizer.vocab_size, width, padding_idx=PAD_ID)
+        nn.init.normal_(self.word_emb.weight, std=0.02)
+        self.word_emb.weight.data[PAD_ID].zero_()
+        self.word_pos = nn.Parameter(torch.randn(max_instruction_len, width) * 0.02)
+        self.state_proj = nn.Linear(state_dim, width)
+        self.cls = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        # No dropout anywhere, so act() and evaluate() see the same function in train and eval mode.
+        self.blocks = nn.ModuleList(FusionBlock(width, n_heads) for _ in range(depth))
+        self.final_norm = nn.LayerNorm(width)
+
+        feat = 2 * width
+        self.value_head = nn.Sequential(nn.Linear(feat, width), nn.GELU(), nn.Linear(width, 1))
+        # Small final init: initial values ~0 keep the first advantage estimates sane.
+        nn.init.normal_(self.value_head[-1].weight, std=0.01 / math.sqrt(width))
+        nn.init.zeros_(self.value_head[-1].bias)
+        self.head: ActionHead
+        if head == "tokens":
+            self.head = TokenHead(feat, width, self.chunk_size, self.action_dim, n_bins, low, high)
+        else:
+            self.head = GaussianHead(feat, width, self.chunk_size, self.action_dim, init_log_std)
+
+    def init_kwargs(self) -> dict[str, Any]:
+        return dict(self._kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ preprocessing
+
+    def _images(self, obs: ObsBatch) -> torch.Tensor:
+        """Stack the ``image_keys`` images camera-major: float [n_cams * B, 3, S, S] in [0, 1]."""
+        frames = []
+        for key in self.image_keys:
+            if key not in obs:
+                raise KeyError(
+                    f"observation has no {key!r} (image_keys={self.image_keys}, got {sorted(obs)})"
+                )
+            # Move uint8 to the device first: 4x less to transfer than float32.
+            img = torch.as_tensor(np.asarray(obs[key]) if not torch.is_tensor(obs[key]) else obs[key])
+            frames.append(img.to(self.device, non_blocking=True))
+        x = torch.cat(frames, dim=0).permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
+        return x
+
+    def _state(self, obs: ObsBatch) -> torch.Tensor:
+        """float [B, S] on the device."""
+        state = obs["state"]
+        state = torch.as_tensor(state if torch.is_tensor(state) else np.asarray(state, dtype=np.float32))
+        if state.ndim != 2 or state.shape[1] != self.state_dim:
+            raise ValueError(f"state must be [B, {self.state_dim}], got {tuple(state.shape)}")
+        return state.to(self.device, torch.float32)
+
+    # ------------------------------------------------------------------ model
+
+    def features(self, obs: ObsBatch) -> torch.Tensor:
+        """Fused features [B, 2 * width]: concat(CLS output, mean of the image-token outputs)."""
+        state = self._state(obs)
+        b = state.shape[0]
+        ids = self.tokenizer.encode_batch(list(obs["instruction"]))
+        if ids.shape[0] != b:
+            raise ValueError(f"got {ids.shape[0]} instructions for a batch of {b}")
+        # Padding is at the end; dropping the all-pad columns of the batch changes nothing (they
+        # are masked) but shortens the sequence the transformer runs on.
+        n_words = max(1, int((ids != PAD_ID).sum(1).max()))
+        ids = ids[:, :n_words].to(self.device)
+        pad = ids == PAD_ID
+        words = self.word_emb(ids)
+        keep = (~pad).unsqueeze(-1).float()
+        pooled = (words * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+
+        n_cams = len(self.image_keys)
+        fmap = self.cnn(self._images(obs), pooled.repeat(n_cams, 1))
+        patches = self.patch_proj(fmap.flatten(2).transpose(1, 2)) + self.patch_pos
+        # [n_cams * B, P, W] -> [B, n_cams * P, W], with a per-camera embedding.
+        patches = (patches.view(n_cams, b, -1, self.width) + self.camera_emb[:, None]).transpose(0, 1)
+        patches = patches.reshape(b, -1, self.width)
+
+        tokens = torch.cat(
+            [
+                self.cls.expand(b, -1, -1),
+                self.state_proj(state)[:, None],
+                words + self.word_pos[:n_words],
+                patches,
+            ],
+            dim=1,
+        )
+        attend = torch.ones(b, 1, 1, tokens.shape[1], dtype=torch.bool, device=tokens.device)
+        attend[:, 0, 0, 2 : 2 + n_words] = ~pad
+        for block in self.blocks:
+            tokens = block(tokens, attend)
+        out = self.final_norm(tokens)
+        return torch.cat([out[:, 0], out[:, 2 + n_words :].mean(1)], dim=-1)
+
+    @torch.inference_mode()
+    def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOutput:
+        """Sample an action chunk: actions / log_probs float32 [B, K, A], values [B] (numpy)."""
+        feats = self.features(obs)
+        actions, log_probs = self.head.sample(self.head(feats), deterministic)
+        values = self.value_head(feats).squeeze(-1)
+        return ActOutput(
+            actions=actions.float().cpu().numpy(),
+            log_probs=log_probs.float().cpu().numpy(),
+            values=values.float().cpu().numpy(),
+            version=self.version,
+        )
+
+    def evaluate(self, obs: ObsBatch, actions: np.ndarray | torch.Tensor) -> EvalOutput:
+        """Differentiable log-probs / entropy [B, K, A] of ``actions`` [B, K, A] and values [B]."""
+        actions = torch.as_tensor(
+            actions if torch.is_tensor(actions) else np.asarray(actions, dtype=np.float32)
+        )
+        actions = actions.to(self.device, torch.float32)
+        feats = self.features(obs)
+        expected = (feats.shape[0], self.chunk_size, self.action_dim)
+        if tuple(actions.shape) != expected:
+            raise ValueError(f"actions must be {list(expected)}, got {list(actions.shape)}")
+        log_probs, entropy = self.head.log_prob_entropy(self.head(feats), actions)
+        return EvalOutput(log_probs=log_probs, entropy=entropy, values=self.value_head(feats).squeeze(-1))
+
+
+def _jsonable(bound: float | Sequence[float]) -> float | list[float]:
+    """A scalar or per-dimension bound as plain Python floats (numpy arrays are accepted too)."""
+    arr = np.asarray(bound, dtype=np.float64)
+    return float(arr) if arr.ndim == 0 else [float(v) for v in arr.reshape(-1)]
+
+
+def _validate(args: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check the constructor arguments (ValueError naming the argument); return (low, high) [A]."""
+
+    def positive(name: str) -> None:
+        if not isinstance(args[name], (int, np.integer)) or isinstance(args[name], bool) or args[name] < 1:
+            raise ValueError(f"{name} must be a positive int, got {args[name]!r}")
+
+    for name in (
+        "image_size",
+        "state_dim",
+        "action_dim",
+        "chunk_size",
+        "n_bins",
+        "width",
+        "depth",
+        "n_heads",
+        "image_grid",
+    ):
+        positive(name)
+    positive("max_instruction_len")
+    if args["n_bins"] < 2:
+        raise ValueError(f"n_bins must be >= 2, got {args['n_bins']}")
+    if args["image_size"] < 8:
+        raise ValueError(f"image_size must be >= 8, got {args['image_size']}")
+    vocab = args["vocabulary"]
+    if isinstance(vocab, str) or not all(isinstance(w, str) for w in vocab):
+        raise ValueError("vocabulary must be a list of strings")
+    keys = args["image_keys"]
+    if not keys or not all(isinstance(k, str) for k in keys) or len(set(keys)) != len(keys):
+        raise ValueError(f"image_keys must be a non-empty list of distinct strings, got {keys!r}")
+    if args["head"] not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {args['head']!r}")
+    size = args["size"]
+    if size is not None and size not in PRESETS:
+        raise ValueError(f"size must be None or one of {sorted(PRESETS)}, got {size!r}")
+    if size is None and args["width"] % args["n_heads"]:
+        raise ValueError(f"width ({args['width']}) must be divisible by n_heads ({args['n_heads']})")
+    if not math.isfinite(float(args["init_log_std"])):
+        raise ValueError(f"init_log_std must be finite, got {args['init_log_std']!r}")
+    a = args["action_dim"]
+    bounds = []
+    for name in ("action_low", "action_high"):
+        arr = np.asarray(args[name], dtype=np.float64)
+        if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != a) or not np.isfinite(arr).all():
+            raise ValueError(f"{name} must be a finite float or a list of {a} floats, got {args[name]!r}")
+        bounds.append(torch.as_tensor(np.broadcast_to(arr, (a,)).copy(), dtype=torch.float32))
+    low, high = bounds
+    if not bool((low < high).all()):
+        raise ValueError(
+            f"action_low must be < action_high elementwise, got {args['action_low']!r}, {args['action_high']!r}"
+        )
+    return low, high

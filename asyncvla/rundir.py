@@ -1,0 +1,73 @@
+"""The run directory: resolved config, metrics.jsonl, TensorBoard events, summary, curves."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from asyncvla.config import Config, dump_config
+
+
+def default_run_dir(cfg: Config) -> Path:
+    return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunDir:
+    def __init__(self, path: str | Path, cfg: Config, resume: bool = False) -> None:
+        self.path = Path(path)
+        if not resume and (self.path / "metrics.jsonl").exists():
+            raise FileExistsError(f"{self.path} already holds a run; pass --resume or choose another --run-dir")
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "checkpoints").mkdir(exist_ok=True)
+        (self.path / "config.yaml").write_text(dump_config(cfg))
+        self._metrics = (self.path / "metrics.jsonl").open("a")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._tb = SummaryWriter(str(self.path / "tensorboard"))
+
+    def log(self, row: dict[str, Any]) -> None:
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+        step = int(row.get("env_steps", row.get("update", 0)))
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and k not in ("update", "env_steps"):
+                self._tb.add_scalar(k, v, step)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        path = self.path / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        (self.path / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    def plot_curves(self) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = self.read_metrics()
+        out = self.path / "curves.png"
+        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+        xs = [r["env_steps"] for r in rows]
+        a.plot(xs, [r["success_rate"] for r in rows], label="training episodes")
+        ev = [(r["env_steps"], r["eval_success_rate"]) for r in rows if "eval_success_rate" in r]
+        if ev:
+            a.plot(*zip(*ev), "o-", label="held-out eval")
+        a.set_xlabel("env steps")
+        a.set_ylabel("success rate")
+        a.set_ylim(-0.02, 1.02)
+        a.legend()
+        b.plot(xs, [r["env_steps_per_s"] for r in rows])
+        b.set_xlabel("env steps")
+        b.set_ylabel("env steps/s")
+        fig.tight_layout()
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        return out
+
+    def close(self) -> None:
+        self._metrics.close()
+        self._tb.close()

@@ -1,0 +1,99 @@
+"""Data that crosses worker boundaries. Small, typed, free of model- or env-specific fields.
+
+Shapes: n = envs in the request/segment, T = decisions in a segment, K = chunk size,
+A = action dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from asyncvla.envs.base import ObsBatch
+
+
+@dataclass
+class ObsRequest:
+    manager_id: int
+    request_id: int
+    env_ids: np.ndarray
+    """int64 [n]: global env ids (routing key: every reply goes back to these envs)."""
+    obs: ObsBatch
+
+
+@dataclass
+class ActionReply:
+    manager_id: int
+    request_id: int
+    env_ids: np.ndarray
+    actions: np.ndarray
+    """float32 [n, K, A]."""
+    log_probs: np.ndarray
+    """float32 [n, K, A] behaviour log-probs per token."""
+    values: np.ndarray
+    """float32 [n]."""
+    version: int
+    """Behaviour policy version."""
+
+
+@dataclass
+class Segment:
+    """T decisions of n envs of one manager, in time-major layout."""
+
+    manager_id: int
+    segment_id: int
+    env_ids: np.ndarray
+    """int64 [n]."""
+    obs: ObsBatch
+    """Each array [T, n, ...]; ``instruction`` is a list of T lists of n strings."""
+    actions: np.ndarray
+    """float32 [T, n, K, A]."""
+    log_probs: np.ndarray
+    """float32 [T, n, K, A] behaviour log-probs."""
+    values: np.ndarray
+    """float32 [T, n] behaviour values."""
+    rewards: np.ndarray
+    """float32 [T, n]: reward summed over the executed actions of each chunk."""
+    dones: np.ndarray
+    """bool [T, n]: the episode ended after this decision (no bootstrap past it)."""
+    costs: np.ndarray
+    """float32 [T, n]."""
+    versions: np.ndarray
+    """int64 [T, n]: behaviour version of each decision."""
+    valid: np.ndarray
+    """bool [T, n]: False where the env was already done (episode-mode padding)."""
+    env_steps: int
+    """Actions executed by the simulator in this segment."""
+    bootstrap_value: np.ndarray
+    """float32 [n]: V(obs after the last decision); ignored where ``dones[-1]``."""
+    group_ids: np.ndarray | None = None
+    """int64 [n] (GRPO, episode mode): envs with the same id started from the same init state."""
+    episodes: dict[str, list[float]] = field(default_factory=lambda: {"return": [], "length": [], "success": []})
+    """Episodes that ended inside this segment."""
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.valid.sum())
+
+    def flat_obs(self) -> ObsBatch:
+        """Obs with time and env merged: arrays [T*n, ...], instruction list of T*n."""
+        out: dict[str, Any] = {}
+        for k, v in self.obs.items():
+            if k == "instruction":
+                out[k] = [s for row in v for s in row]
+            else:
+                out[k] = v.reshape(-1, *v.shape[2:])
+        return out
+
+
+def concat_obs(batches: list[ObsBatch]) -> ObsBatch:
+    """Concatenate observation batches along the env axis."""
+    out: dict[str, Any] = {}
+    for k in batches[0]:
+        if k == "instruction":
+            out[k] = [s for b in batches for s in b[k]]
+        else:
+            out[k] = np.concatenate([b[k] for b in batches])
+    return out

@@ -1,0 +1,84 @@
+"""SFT warm start: scripted-expert demos, then behaviour cloning (the usual few-shot VLA recipe)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from asyncvla.envs import make_env
+from asyncvla.envs.base import ObsBatch
+from asyncvla.policies import Policy
+from asyncvla.runtime.types import concat_obs
+
+
+def collect_demos(
+    env_name: str, env_kwargs: dict[str, Any], episodes: int, chunk_size: int, seed_offset: int, num_envs: int = 16
+) -> tuple[ObsBatch, np.ndarray, float]:
+    """Roll out the env's scripted expert (``expert_action_chunk``) for ``episodes`` episodes.
+
+    Returns every decision's observation, the expert chunk [N, K, A] and the expert success rate.
+    Episode j starts from init state ``seed_offset + j``.
+    """
+    obs_parts: list[ObsBatch] = []
+    act_parts: list[np.ndarray] = []
+    successes: list[float] = []
+    done_eps = 0
+    while done_eps < episodes:
+        n = min(num_envs, episodes - done_eps)
+        env = make_env(env_name, num_envs=n, **env_kwargs)
+        if not hasattr(env, "expert_action_chunk"):
+            raise ValueError(f"env {env_name!r} has no scripted expert (expert_action_chunk)")
+        starts = list(range(seed_offset + done_eps, seed_offset + done_eps + n))
+        obs, _ = env.reset(seed=starts, options={"init_state": starts})
+        active = np.ones(n, dtype=bool)
+        while active.any():
+            chunk = env.expert_action_chunk(chunk_size)
+            idx = np.flatnonzero(active)
+            obs_parts.append({k: ([v[i] for i in idx] if k == "instruction" else v[idx]) for k, v in obs.items()})
+            act_parts.append(chunk[idx].astype(np.float32))
+            obs, _, term, trunc, info = env.step(chunk)
+            done = (term | trunc) & active
+            successes.extend(float(s) for s in np.asarray(info["success"])[done])
+            active &= ~done
+        env.close()
+        done_eps += n
+    return concat_obs(obs_parts), np.concatenate(act_parts), float(np.mean(successes))
+
+
+def behaviour_clone(
+    policy: Policy,
+    obs: ObsBatch,
+    actions: np.ndarray,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int = 0,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Minimise the negative log-likelihood of the expert chunks: -mean(log pi(a_expert | o))."""
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    n = len(actions)
+    losses = []
+    policy.train()
+    for epoch in range(epochs):
+        perm = rng.permutation(n)
+        total, count = 0.0, 0
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            mb_obs = {k: ([v[i] for i in idx] if k == "instruction" else v[idx]) for k, v in obs.items()}
+            out = policy.evaluate(mb_obs, torch.from_numpy(actions[idx]))
+            loss = -out.log_probs.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            opt.step()
+            total += float(loss) * len(idx)
+            count += len(idx)
+        losses.append(total / count)
+        if on_epoch is not None:
+            on_epoch(epoch, losses[-1])
+    policy.eval()
+    return losses

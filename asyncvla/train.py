@@ -1,0 +1,246 @@
+"""Training entry points: build workers from a config, run SFT and the RL schedule, write the run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from asyncvla.config import Config, ConfigError
+from asyncvla.envs import make_env
+from asyncvla.envs.base import VectorEnv
+from asyncvla.evaluation import evaluate_policy
+from asyncvla.policies import Policy, load_policy, make_policy, save_policy
+from asyncvla.rundir import RunDir
+from asyncvla.runtime.env_worker import EnvManager, EnvWorker
+from asyncvla.runtime.rollout_worker import RolloutWorker
+from asyncvla.runtime.schedules import SyncSchedule
+from asyncvla.runtime.trainer import Trainer
+from asyncvla.sft import behaviour_clone, collect_demos
+
+
+def probe_env(cfg: Config) -> VectorEnv:
+    """One env, built only to read spaces and vocabulary; bad env kwargs fail here, at start."""
+    try:
+        return make_env(cfg.env.name, num_envs=1, **cfg.env.kwargs)
+    except KeyError as e:
+        raise ConfigError(f"env.name: {e.args[0]}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"env.kwargs: {e}") from None
+
+
+def env_spec(env: VectorEnv) -> dict[str, Any]:
+    """The generic constructor kwargs every registered policy accepts (see policies/base.py)."""
+    space = env.single_observation_space
+    act = env.single_action_space
+    return {
+        "vocabulary": env.vocabulary(),
+        "image_size": int(space["image"].shape[0]),
+        "image_keys": [k for k in ("image", "wrist_image") if k in space.spaces],
+        "state_dim": int(space["state"].shape[0]),
+        "action_dim": int(act.shape[0]),
+        "action_low": act.low.astype(float).tolist(),
+        "action_high": act.high.astype(float).tolist(),
+    }
+
+
+def build_policy(cfg: Config, env: VectorEnv) -> Policy:
+    kwargs = {**env_spec(env), "chunk_size": cfg.policy.chunk_size, **cfg.policy.kwargs}
+    try:
+        return make_policy(cfg.policy.name, **kwargs)
+    except KeyError as e:
+        raise ConfigError(f"policy.name: {e.args[0]}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"policy.kwargs: {e}") from None
+
+
+def evaluate(cfg: Config, policy: Policy, episodes: int) -> dict[str, float]:
+    return evaluate_policy(
+        policy,
+        cfg.env.name,
+        cfg.env.kwargs,
+        episodes=episodes,
+        num_envs=cfg.eval.num_envs,
+        seed_offset=cfg.eval.seed_offset,
+        deterministic=cfg.eval.deterministic,
+    )
+
+
+def run_sft(cfg: Config, policy: Policy, out_dir: Path, console: Console) -> dict[str, float]:
+    """Few-shot SFT from scripted-expert demos; saves the checkpoint in ``out_dir``."""
+    t0 = time.perf_counter()
+    obs, actions, expert_sr = collect_demos(
+        cfg.env.name, cfg.env.kwargs, cfg.sft.demos, cfg.policy.chunk_size, cfg.sft.seed_offset
+    )
+    console.print(f"SFT: {cfg.sft.demos} expert demos ({len(actions)} decisions, expert success {expert_sr:.2f})")
+    with _progress(console) as prog:
+        task = prog.add_task("SFT", total=cfg.sft.epochs, info="")
+        losses = behaviour_clone(
+            policy,
+            obs,
+            actions,
+            cfg.sft.epochs,
+            cfg.sft.batch_size,
+            cfg.sft.lr,
+            seed=cfg.seed,
+            on_epoch=lambda e, loss: prog.update(task, advance=1, info=f"nll {loss:.3f}"),
+        )
+    save_policy(policy, out_dir, cfg.policy.name)
+    return {"sft_demos": cfg.sft.demos, "sft_final_nll": losses[-1], "expert_success_rate": expert_sr,
+            "sft_wall_s": time.perf_counter() - t0}
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _save_checkpoint(run: RunDir, trainer: Trainer, cfg: Config, state: dict[str, Any]) -> Path:
+    d = run.path / "checkpoints" / f"update_{state['update']:05d}"
+    save_policy(trainer.policy, d, cfg.policy.name)
+    trainer.save_optimizer(d)
+    (d / "state.json").write_text(json.dumps(state, indent=2))
+    (run.path / "checkpoints" / "latest.json").write_text(json.dumps({"path": d.name}))
+    return d
+
+
+def _latest_checkpoint(run_path: Path) -> Path | None:
+    marker = run_path / "checkpoints" / "latest.json"
+    if not marker.is_file():
+        return None
+    return run_path / "checkpoints" / json.loads(marker.read_text())["path"]
+
+
+def train(cfg: Config, run_path: Path, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console()
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
+    torch.manual_seed(cfg.seed)
+    probe = probe_env(cfg)
+    policy = build_policy(cfg, probe)
+    probe.close()
+    run = RunDir(run_path, cfg, resume=resume)
+    t_start = time.perf_counter()
+    state: dict[str, Any] = {"update": 0, "env_steps": 0, "wall_s": 0.0}
+    extra: dict[str, Any] = {}
+    ckpt = _latest_checkpoint(run.path) if resume else None
+    if resume and ckpt is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {run.path / 'checkpoints'}")
+
+    if ckpt is None:
+        if cfg.train.init == "sft":
+            extra.update(run_sft(cfg, policy, run.path / "sft", console))
+        elif cfg.train.init is not None:
+            policy = load_policy(cfg.train.init)
+        init_eval = evaluate(cfg, policy, cfg.eval.episodes)
+        state["sft_success_rate"] = init_eval["success_rate"]
+        console.print(f"initial policy: held-out success {init_eval['success_rate']:.2f} "
+                      f"over {cfg.eval.episodes} episodes")
+    else:
+        policy = load_policy(ckpt)
+        state.update(json.loads((ckpt / "state.json").read_text()))
+        console.print(f"resuming from {ckpt} (update {state['update']}, env steps {state['env_steps']})")
+
+    episode_mode = cfg.algo.name == "grpo"
+    managers = [
+        EnvManager(
+            m,
+            cfg.env.name,
+            cfg.env.num_envs,
+            cfg.env.kwargs,
+            cfg.train.rollout_steps,
+            seed=cfg.seed * 1000 + state["update"],
+            episode_mode=episode_mode,
+            group_size=cfg.algo.group_size,
+        )
+        for m in range(cfg.env.num_managers)
+    ]
+    env_worker = EnvWorker(managers)
+    rollout = RolloutWorker(copy.deepcopy(policy))
+    trainer = Trainer(policy, cfg.algo, seed=cfg.seed + state["update"])
+    if ckpt is not None:
+        trainer.load_optimizer(ckpt)
+    schedule = SyncSchedule(
+        env_worker, rollout, trainer, list(range(cfg.env.num_managers)), cfg.train.rollout_steps, episode_mode
+    )
+
+    recent = deque(maxlen=100)
+    returns = deque(maxlen=100)
+    success_rate = 0.0
+    try:
+        with _progress(console) as prog:
+            task = prog.add_task("RL", total=cfg.train.updates, completed=state["update"], info="")
+            while state["update"] < cfg.train.updates:
+                t0 = time.perf_counter()
+                res = schedule.step()
+                dt = time.perf_counter() - t0
+                env_steps = sum(s.env_steps for s in res.segments)
+                for s in res.segments:
+                    recent.extend(s.episodes["success"])
+                    returns.extend(s.episodes["return"])
+                success_rate = float(np.mean(recent)) if recent else success_rate
+                state["update"] += 1
+                state["env_steps"] += env_steps
+                state["wall_s"] += dt
+                row = {
+                    "update": state["update"],
+                    "policy_version": trainer.version,
+                    "env_steps": state["env_steps"],
+                    "wall_s": state["wall_s"],
+                    "success_rate": success_rate,
+                    "episode_return": float(np.mean(returns)) if returns else 0.0,
+                    "episodes": len(recent),
+                    "env_steps_per_s": env_steps / dt,
+                    "decisions_per_s": sum(s.num_samples for s in res.segments) / dt,
+                    **res.metrics,
+                    **res.timings,
+                }
+                if cfg.train.eval_every and state["update"] % cfg.train.eval_every == 0:
+                    row["eval_success_rate"] = evaluate(cfg, policy, cfg.eval.quick_episodes)["success_rate"]
+                run.log(row)
+                if state["update"] % cfg.train.checkpoint_every == 0 or state["update"] == cfg.train.updates:
+                    _save_checkpoint(run, trainer, cfg, state)
+                prog.update(
+                    task,
+                    advance=1,
+                    info=f"success {success_rate:.2f} | {row['env_steps_per_s']:.0f} env steps/s",
+                )
+    finally:
+        env_worker.shutdown()
+
+    final = evaluate(cfg, policy, cfg.eval.episodes)
+    summary = {
+        "mode": cfg.mode,
+        "updates": state["update"],
+        "policy_version": trainer.version,
+        "env_steps": state["env_steps"],
+        "wall_s": state["wall_s"],
+        "env_steps_per_s": state["env_steps"] / max(state["wall_s"], 1e-9),
+        "sft_success_rate": state.get("sft_success_rate"),
+        "final_success_rate": final["success_rate"],
+        "final_episode_return": final["episode_return"],
+        "final_episode_cost": final["episode_cost"],
+        "eval_episodes": cfg.eval.episodes,
+        "total_wall_s": time.perf_counter() - t_start,
+        "run_dir": str(run.path),
+        **extra,
+    }
+    run.write_summary(summary)
+    run.plot_curves()
+    run.close()
+    return summary

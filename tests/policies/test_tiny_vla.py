@@ -1,0 +1,256 @@
+"""TinyVLA, its heads and its tokenizer, on fake numpy observation batches (no env needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asyncvla.policies import load_policy, make_policy, save_policy
+from asyncvla.policies.tiny_vla import TinyVLA
+from asyncvla.policies.tokenizer import PAD_ID, UNK_ID, WordTokenizer
+
+VOCAB = "pick up the red green blue cube sphere and place it in basket bowl".split()
+HEADS = ["tokens", "gaussian"]
+
+
+def fake_obs(
+    batch: int, seed: int = 0, image_size: int = 32, state_dim: int = 4, wrist: bool = False
+) -> dict:
+    """Random images / states and instructions of varying lengths (so padding is exercised)."""
+    rng = np.random.default_rng(seed)
+    obs = {
+        "image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
+        "state": rng.standard_normal((batch, state_dim)).astype(np.float32),
+        "instruction": [" ".join(rng.choice(VOCAB, rng.integers(3, 12))) for _ in range(batch)],
+    }
+    if wrist:
+        obs["wrist_image"] = rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
+    return obs
+
+
+def small_policy(head: str, **kwargs) -> TinyVLA:
+    torch.manual_seed(0)
+    return make_policy("tiny_vla", vocabulary=VOCAB, image_size=32, head=head, **kwargs)
+
+
+def behaviour_clone(
+    policy: TinyVLA, obs: dict, targets: np.ndarray, steps: int, lr: float = 3e-3
+) -> list[float]:
+    """Minimise -log pi(targets | obs) with Adam; return the NLL per step."""
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        nll = -policy.evaluate(obs, targets).log_probs.mean()
+        opt.zero_grad()
+        nll.backward()
+        opt.step()
+        losses.append(nll.item())
+    return losses
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def test_tokenizer_ids_unknown_words_punctuation_and_padding() -> None:
+    tok = WordTokenizer(["pick", "up", "the", "red", "cube", "red"], max_len=6)
+    assert tok.vocab_size == 2 + 5  # <pad>, <unk>, then the deduplicated words
+    ids = tok.encode_batch(["Pick up the BLUE cube!", "red,cube"])
+    assert ids.dtype == torch.long and ids.shape == (2, 6)
+    assert ids[0].tolist() == [2, 3, 4, UNK_ID, 6, PAD_ID]
+    assert ids[1].tolist() == [5, 6, PAD_ID, PAD_ID, PAD_ID, PAD_ID]
+    # Truncation to max_len, and the cached path gives the same answer as the first call.
+    long = "the " * 10
+    assert tok.encode_batch([long, long]).tolist() == [[4] * 6, [4] * 6]
+    assert tok.encode_batch([]).shape == (0, 6)
+
+
+# ----------------------------------------------------------------------------- act / evaluate
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_shapes_dtypes_and_version(head: str) -> None:
+    policy = small_policy(head, chunk_size=5, action_dim=2)
+    policy.version = 3
+    obs = fake_obs(6)
+    out = policy.act(obs)
+    assert out.actions.shape == (6, 5, 2) and out.log_probs.shape == (6, 5, 2) and out.values.shape == (6,)
+    assert out.actions.dtype == out.log_probs.dtype == out.values.dtype == np.float32
+    assert out.version == 3
+    ev = policy.evaluate(obs, out.actions)
+    assert ev.log_probs.shape == ev.entropy.shape == (6, 5, 2) and ev.values.shape == (6,)
+    assert ev.log_probs.requires_grad and ev.values.requires_grad
+    with pytest.raises(ValueError, match="actions"):
+        policy.evaluate(obs, out.actions[:, :4])
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_act_and_evaluate_log_probs_agree(head: str, mode: str) -> None:
+    policy = small_policy(head)
+    getattr(policy, mode)()
+    obs = fake_obs(16, seed=1)
+    out = policy.act(obs)
+    ev = policy.evaluate(obs, out.actions)
+    np.testing.assert_allclose(ev.log_probs.detach().numpy(), out.log_probs, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ev.values.detach().numpy(), out.values, atol=1e-5, rtol=0)
+    # Torch inputs are accepted too.
+    torch_obs = {**obs, "image": torch.from_numpy(obs["image"]), "state": torch.from_numpy(obs["state"])}
+    ev_t = policy.evaluate(torch_obs, torch.from_numpy(out.actions))
+    np.testing.assert_allclose(ev_t.log_probs.detach().numpy(), out.log_probs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_padding_does_not_change_outputs(head: str) -> None:
+    """An observation gives the same outputs alone and batched with a longer instruction."""
+    policy = small_policy(head)
+    obs = fake_obs(2, seed=2)
+    obs["instruction"] = ["pick up the cube", "pick up the red cube and place it in the green basket"]
+    actions = policy.act(obs).actions
+    both = policy.evaluate(obs, actions)
+    alone = policy.evaluate({k: v[:1] for k, v in obs.items()}, actions[:1])
+    torch.testing.assert_close(both.log_probs[:1], alone.log_probs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(both.values[:1], alone.values, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_deterministic_act_is_deterministic_and_sampling_is_not(head: str) -> None:
+    policy = small_policy(head)
+    obs = fake_obs(8, seed=3)
+    a, b = policy.act(obs, deterministic=True), policy.act(obs, deterministic=True)
+    np.testing.assert_array_equal(a.actions, b.actions)
+    np.testing.assert_array_equal(a.log_probs, b.log_probs)
+    assert not np.array_equal(policy.act(obs).actions, policy.act(obs).actions)
+
+
+def test_token_actions_are_bin_centers_inside_bounds() -> None:
+    low, high, n_bins = [-1.0, -0.5, 0.0], [1.0, 0.5, 2.0], 8
+    policy = small_policy("tokens", action_low=low, action_high=high, n_bins=n_bins)
+    actions = policy.act(fake_obs(32, seed=4)).actions
+    lo, hi = np.array(low, dtype=np.float32), np.array(high, dtype=np.float32)
+    assert (actions >= lo).all() and (actions <= hi).all()
+    pos = (actions - lo) / ((hi - lo) / n_bins) - 0.5
+    np.testing.assert_allclose(pos, np.round(pos), atol=1e-4)
+    # Every bin center maps back to its own bin; out-of-range values go to the end bins.
+    ids = torch.arange(n_bins).view(1, n_bins, 1).expand(1, n_bins, 3)
+    assert torch.equal(policy.head.to_bins(policy.head.bin_centers(ids)), ids)
+    outside = torch.tensor([[[-5.0, -5.0, -5.0], [5.0, 5.0, 5.0]]])
+    assert policy.head.to_bins(outside).tolist() == [[[0, 0, 0], [n_bins - 1] * 3]]
+
+
+def test_initial_distributions_are_broad_and_values_small() -> None:
+    tokens, gaussian = small_policy("tokens"), small_policy("gaussian", init_log_std=-1.0)
+    obs = fake_obs(8, seed=5)
+    ent = tokens.evaluate(obs, tokens.act(obs).actions).entropy
+    assert ent.min().item() > 0.9 * np.log(256)  # near-uniform over the 256 bins...
+    assert ent.std().item() > 0  # ...but input-dependent
+    out = gaussian.act(obs, deterministic=True)
+    assert np.abs(out.actions).max() < 0.1 and np.abs(out.values).max() < 0.1
+    ent_g = gaussian.evaluate(obs, out.actions).entropy
+    torch.testing.assert_close(ent_g, torch.full_like(ent_g, 0.5 + 0.5 * np.log(2 * np.pi) - 1.0))
+
+
+def test_multiple_cameras_and_image_resizing() -> None:
+    policy = small_policy("tokens", image_keys=["image", "wrist_image"])
+    obs = fake_obs(4, seed=6, image_size=48, wrist=True)  # resized to 32x32 inside the policy
+    out = policy.act(obs, deterministic=True)
+    assert out.actions.shape == (4, 4, 3)
+    # The wrist camera is used: changing only its pixels changes the outputs.
+    obs2 = {**obs, "wrist_image": 255 - obs["wrist_image"]}
+    assert not np.allclose(policy.act(obs2, deterministic=True).log_probs, out.log_probs)
+    with pytest.raises(KeyError, match="wrist_image"):
+        policy.act({k: v for k, v in obs.items() if k != "wrist_image"})
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_save_load_round_trip(head: str, tmp_path) -> None:
+    policy = small_policy(head, action_low=[-1.0, -2.0, 0.0], action_high=[1.0, 2.0, 1.0])
+    # Move the weights off their init so the check covers trained parameters (incl. log_std).
+    behaviour_clone(policy, fake_obs(4, seed=7), np.zeros((4, 4, 3), np.float32), steps=3)
+    policy.version = 7
+    save_policy(policy, tmp_path / "ckpt", "tiny_vla")
+    loaded = load_policy(tmp_path / "ckpt")
+    assert isinstance(loaded, TinyVLA) and loaded.version == 7
+    assert loaded.init_kwargs() == policy.init_kwargs()
+    obs = fake_obs(8, seed=8)
+    a, b = policy.act(obs, deterministic=True), loaded.act(obs, deterministic=True)
+    np.testing.assert_array_equal(a.actions, b.actions)
+    np.testing.assert_array_equal(a.values, b.values)
+    assert b.version == 7
+    torch.testing.assert_close(
+        policy.evaluate(obs, a.actions).log_probs, loaded.evaluate(obs, a.actions).log_probs, atol=0, rtol=0
+    )
+
+
+def test_param_count_presets() -> None:
+    counts = {}
+    for size in ["nano", "tiny", "small", "base"]:
+        policy = make_policy("tiny_vla", vocabulary=VOCAB, size=size)
+        counts[size] = sum(p.numel() for p in policy.parameters())
+    assert counts["nano"] <= 0.5e6
+    assert 1e6 <= counts["tiny"] <= 2e6
+    assert 8e6 <= counts["small"] <= 12e6
+    assert 40e6 <= counts["base"] <= 60e6
+    # The preset overrides width: an explicit width is ignored when size is given.
+    assert (
+        sum(p.numel() for p in make_policy("tiny_vla", vocabulary=VOCAB, size="nano", width=256).parameters())
+        == (counts["nano"])
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"head": "beta"}, "head"),
+        ({"size": "huge"}, "size"),
+        ({"width": 30, "n_heads": 4}, "width"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"n_bins": 1}, "n_bins"),
+        ({"action_low": [0.0, 0.0]}, "action_low"),
+        ({"action_low": 1.0, "action_high": 1.0}, "action_low"),
+        ({"image_keys": []}, "image_keys"),
+        ({"vocabulary": "pick up"}, "vocabulary"),
+    ],
+)
+def test_invalid_arguments_name_the_argument(kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        TinyVLA(**{"vocabulary": VOCAB, **kwargs})
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_behaviour_cloning_overfits_eight_pairs(head: str) -> None:
+    policy = small_policy(head)
+    obs = fake_obs(8, seed=9)
+    rng = np.random.default_rng(9)
+    targets_ids = rng.integers(0, 256, (8, 4, 3))
+    targets = (-1.0 + (targets_ids + 0.5) * (2.0 / 256)).astype(np.float32)  # bin centers
+    losses = behaviour_clone(policy, obs, targets, steps=100)
+    assert losses[-1] < 0.3 * losses[0], losses[::10]
+    predicted = policy.act(obs, deterministic=True).actions
+    if head == "tokens":
+        assert (np.abs(predicted - targets) < 1e-5).mean() > 0.8
+    else:
+        assert np.abs(predicted - targets).mean() < 0.1
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_instruction_conditioning_is_learned(head: str) -> None:
+    """Same image and state, two instructions, opposite targets: fitting both needs the language path."""
+    policy = small_policy(head)
+    one = fake_obs(1, seed=10)
+    obs = {
+        "image": np.repeat(one["image"], 2, axis=0),
+        "state": np.repeat(one["state"], 2, axis=0),
+        "instruction": ["pick up the red cube", "pick up the blue cube"],
+    }
+    targets = np.stack([np.full((4, 3), 0.5), np.full((4, 3), -0.5)]).astype(np.float32)
+    targets = (-1.0 + (np.floor((targets + 1.0) / (2.0 / 256)) + 0.5) * (2.0 / 256)).astype(np.float32)
+    behaviour_clone(policy, obs, targets, steps=60)
+    predicted = policy.act(obs, deterministic=True).actions
+    np.testing.assert_allclose(predicted, targets, atol=0.05)
