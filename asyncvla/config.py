@@ -62,10 +62,24 @@ class AlgoConfig(_Strict):
     """GRPO: envs per group sharing one init state (must divide env.num_envs)."""
 
 
+class PretrainConfig(_Strict):
+    """Grounding pretraining (pointing at named objects) before SFT; off by default."""
+
+    enabled: bool = False
+    families: list[str] = Field(default_factory=lambda: ["reach", "goal"])
+    """Env ``family`` values whose scenes provide pointing labels (other tasks than the RL one)."""
+    episodes: int = Field(400, ge=1)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    seed_offset: int = Field(3_000_000, ge=0)
+
+
 class SFTConfig(_Strict):
     demos: int = Field(20, ge=1)
     """Scripted-expert episodes to behaviour-clone (few-shot)."""
-    epochs: int = Field(30, ge=1)
+    steps: int = Field(300, ge=1)
+    """Gradient steps of behaviour cloning."""
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     seed_offset: int = Field(2_000_000, ge=0)
@@ -102,6 +116,7 @@ class Config(_Strict):
     env: EnvConfig = Field(default_factory=EnvConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

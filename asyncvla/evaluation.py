@@ -49,9 +49,8 @@ def evaluate_policy(
                 results[int(ep_of_slot[i])] = (float(info["success"][i]), ret[i], int(length[i]), cost[i])
             if done.any():
                 idx = np.flatnonzero(done)
-                fresh = [i for i in idx if next_ep < episodes]
-                for i in idx:
-                    active[i] = False
+                active[idx] = False
+                fresh = idx[: max(0, episodes - next_ep)].tolist()
                 if fresh:
                     eps = list(range(next_ep, next_ep + len(fresh)))
                     next_ep += len(fresh)

@@ -14,11 +14,18 @@ from asyncvla.runtime.types import concat_obs
 
 
 def collect_demos(
-    env_name: str, env_kwargs: dict[str, Any], episodes: int, chunk_size: int, seed_offset: int, num_envs: int = 16
+    env_name: str,
+    env_kwargs: dict[str, Any],
+    episodes: int,
+    chunk_size: int,
+    seed_offset: int,
+    num_envs: int = 16,
+    with_points: bool = False,
 ) -> tuple[ObsBatch, np.ndarray, float]:
     """Roll out the env's scripted expert (``expert_action_chunk``) for ``episodes`` episodes.
 
-    Returns every decision's observation, the expert chunk [N, K, A] and the expert success rate.
+    Returns every decision's observation, the expert chunk [N, K, A] (or, ``with_points``, the env's
+    pointing labels [N, P, 2] instead) and the expert success rate.
     Episode j starts from init state ``seed_offset + j``.
     """
     obs_parts: list[ObsBatch] = []
@@ -30,6 +37,8 @@ def collect_demos(
         env = make_env(env_name, num_envs=n, **env_kwargs)
         if not hasattr(env, "expert_action_chunk"):
             raise ValueError(f"env {env_name!r} has no scripted expert (expert_action_chunk)")
+        if with_points and not hasattr(env, "pointing_targets"):
+            raise ValueError(f"env {env_name!r} has no pointing labels (pointing_targets)")
         starts = list(range(seed_offset + done_eps, seed_offset + done_eps + n))
         obs, _ = env.reset(seed=starts, options={"init_state": starts})
         active = np.ones(n, dtype=bool)
@@ -37,7 +46,8 @@ def collect_demos(
             chunk = env.expert_action_chunk(chunk_size)
             idx = np.flatnonzero(active)
             obs_parts.append({k: ([v[i] for i in idx] if k == "instruction" else v[idx]) for k, v in obs.items()})
-            act_parts.append(chunk[idx].astype(np.float32))
+            labels = env.pointing_targets() if with_points else chunk
+            act_parts.append(labels[idx].astype(np.float32))
             obs, _, term, trunc, info = env.step(chunk)
             done = (term | trunc) & active
             successes.extend(float(s) for s in np.asarray(info["success"])[done])
@@ -51,33 +61,77 @@ def behaviour_clone(
     policy: Policy,
     obs: ObsBatch,
     actions: np.ndarray,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int = 0,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Minimise the negative log-likelihood of the expert chunks, -mean(log pi(a_expert | o)).
+
+    Counted in gradient steps, not epochs: few-shot data sets hold only tens of decisions.
+    """
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    n = len(actions)
+    losses = []
+    policy.train()
+    perm, pos = rng.permutation(n), 0
+    for step in range(steps):
+        if pos >= n:
+            perm, pos = rng.permutation(n), 0
+        idx = perm[pos : pos + batch_size]
+        pos += batch_size
+        mb_obs = {k: ([v[i] for i in idx] if k == "instruction" else v[idx]) for k, v in obs.items()}
+        out = policy.evaluate(mb_obs, torch.from_numpy(actions[idx]))
+        loss = -out.log_probs.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step, losses[-1])
+    policy.eval()
+    return losses
+
+
+def pretrain_grounding(
+    policy: Policy,
+    obs: ObsBatch,
+    points: np.ndarray,
     epochs: int,
     batch_size: int,
     lr: float,
     seed: int = 0,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Minimise the negative log-likelihood of the expert chunks: -mean(log pi(a_expert | o))."""
+    """Teach the policy to point: minimise sum_p ||keypoint_p(o) - label_p||^2 over the P labels.
+
+    The stand-in for the vision-language pretraining a real VLA inherits from its backbone; it uses
+    labels only (where the named object is, where it goes), never actions.
+    """
+    if not hasattr(policy, "point"):
+        raise ValueError(f"{type(policy).__name__} has no point() head for grounding pretraining")
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    n = len(actions)
+    target = torch.from_numpy(points)
+    n, n_points = len(points), points.shape[1]
     losses = []
     policy.train()
     for epoch in range(epochs):
         perm = rng.permutation(n)
-        total, count = 0.0, 0
+        total = 0.0
         for start in range(0, n, batch_size):
             idx = perm[start : start + batch_size]
             mb_obs = {k: ([v[i] for i in idx] if k == "instruction" else v[idx]) for k, v in obs.items()}
-            out = policy.evaluate(mb_obs, torch.from_numpy(actions[idx]))
-            loss = -out.log_probs.mean()
+            pred = policy.point(mb_obs)[:, :n_points]
+            loss = (pred - target[idx]).pow(2).sum(-1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
             opt.step()
-            total += float(loss) * len(idx)
-            count += len(idx)
-        losses.append(total / count)
+            total += float(loss.detach()) * len(idx)
+        losses.append(total / n)
         if on_epoch is not None:
             on_epoch(epoch, losses[-1])
     policy.eval()

@@ -24,7 +24,8 @@ from asyncvla.runtime.env_worker import EnvManager, EnvWorker
 from asyncvla.runtime.rollout_worker import RolloutWorker
 from asyncvla.runtime.schedules import SyncSchedule
 from asyncvla.runtime.trainer import Trainer
-from asyncvla.sft import behaviour_clone, collect_demos
+from asyncvla.runtime.types import concat_obs
+from asyncvla.sft import behaviour_clone, collect_demos, pretrain_grounding
 
 
 def probe_env(cfg: Config) -> VectorEnv:
@@ -77,25 +78,66 @@ def evaluate(cfg: Config, policy: Policy, episodes: int) -> dict[str, float]:
 def run_sft(cfg: Config, policy: Policy, out_dir: Path, console: Console) -> dict[str, float]:
     """Few-shot SFT from scripted-expert demos; saves the checkpoint in ``out_dir``."""
     t0 = time.perf_counter()
+    info: dict[str, float] = {}
+    if cfg.pretrain.enabled:
+        info.update(run_pretrain(cfg, policy, console))
     obs, actions, expert_sr = collect_demos(
         cfg.env.name, cfg.env.kwargs, cfg.sft.demos, cfg.policy.chunk_size, cfg.sft.seed_offset
     )
     console.print(f"SFT: {cfg.sft.demos} expert demos ({len(actions)} decisions, expert success {expert_sr:.2f})")
     with _progress(console) as prog:
-        task = prog.add_task("SFT", total=cfg.sft.epochs, info="")
+        task = prog.add_task("SFT", total=cfg.sft.steps, info="")
         losses = behaviour_clone(
             policy,
             obs,
             actions,
-            cfg.sft.epochs,
+            cfg.sft.steps,
             cfg.sft.batch_size,
             cfg.sft.lr,
             seed=cfg.seed,
-            on_epoch=lambda e, loss: prog.update(task, advance=1, info=f"nll {loss:.3f}"),
+            on_step=lambda e, loss: prog.update(task, advance=1, info=f"nll {loss:.3f}"),
         )
     save_policy(policy, out_dir, cfg.policy.name)
-    return {"sft_demos": cfg.sft.demos, "sft_final_nll": losses[-1], "expert_success_rate": expert_sr,
-            "sft_wall_s": time.perf_counter() - t0}
+    info.update(
+        sft_demos=cfg.sft.demos,
+        sft_final_nll=losses[-1],
+        expert_success_rate=expert_sr,
+        sft_wall_s=time.perf_counter() - t0,
+    )
+    return info
+
+
+def run_pretrain(cfg: Config, policy: Policy, console: Console) -> dict[str, float]:
+    """Grounding pretraining on scenes of ``pretrain.families`` (pointing labels, no actions)."""
+    t0 = time.perf_counter()
+    parts = []
+    for j, family in enumerate(cfg.pretrain.families):
+        kwargs = {**cfg.env.kwargs, "family": family}
+        obs, points, _ = collect_demos(
+            cfg.env.name,
+            kwargs,
+            cfg.pretrain.episodes,
+            cfg.policy.chunk_size,
+            cfg.pretrain.seed_offset + j * 100_000,
+            with_points=True,
+        )
+        parts.append((obs, points))
+    obs = concat_obs([p[0] for p in parts])
+    points = np.concatenate([p[1] for p in parts])
+    with _progress(console) as prog:
+        task = prog.add_task("pretrain (grounding)", total=cfg.pretrain.epochs, info="")
+        losses = pretrain_grounding(
+            policy,
+            obs,
+            points,
+            cfg.pretrain.epochs,
+            cfg.pretrain.batch_size,
+            cfg.pretrain.lr,
+            seed=cfg.seed,
+            on_epoch=lambda e, loss: prog.update(task, advance=1, info=f"point mse {loss:.4f}"),
+        )
+    return {"pretrain_samples": len(points), "pretrain_final_mse": losses[-1],
+            "pretrain_wall_s": time.perf_counter() - t0}
 
 
 def _progress(console: Console) -> Progress:

@@ -8,7 +8,8 @@ Inputs (an ``ObsBatch``): ``image_keys`` images uint8 [B, H, W, 3], ``state`` fl
   - instruction: word + position embeddings (padding masked),
   - state: linear -> one token,
   - fusion: a pre-norm transformer encoder over [CLS, state, instruction, image tokens],
-  - heads on concat(CLS output, mean image-token output): a value MLP -> [B] and an action head
+  - spatial soft-argmax keypoints of the conditioned feature map, with the state, through an MLP,
+  - heads on concat(CLS output, mean image-token output, keypoint features): a value MLP -> [B] and an action head
     (``heads.TokenHead`` or ``heads.GaussianHead``) -> a distribution over the chunk [B, K, A].
 """
 
@@ -189,6 +190,12 @@ class TinyVLA(Policy):
         self.word_emb = nn.Embedding(self.tokenizer.vocab_size, width, padding_idx=PAD_ID)
         nn.init.normal_(self.word_emb.weight, std=0.02)
         self.word_emb.weight.data[PAD_ID].zero_()
+        # Attention pooling of the instruction for FiLM and keypoint queries: a mean would drown the
+        # few words that pick the object ("yellow", "cross") in the template words shared by all.
+        self.pool_heads = 4
+        self.word_score = nn.Linear(width, self.pool_heads)
+        self.pool_proj = nn.Linear(self.pool_heads * width, width)
+        self.instr_norm = nn.LayerNorm(width)
         self.word_pos = nn.Parameter(torch.randn(max_instruction_len, width) * 0.02)
         self.state_proj = nn.Linear(state_dim, width)
         self.cls = nn.Parameter(torch.randn(1, 1, width) * 0.02)
@@ -196,7 +203,23 @@ class TinyVLA(Policy):
         self.blocks = nn.ModuleList(FusionBlock(width, n_heads) for _ in range(depth))
         self.final_norm = nn.LayerNorm(width)
 
-        feat = 2 * width
+        # Spatial soft-argmax keypoints (Levine et al. 2016) over the language-conditioned feature
+        # map: each keypoint is the expected (x, y) of a softmax attention map, a direct route from
+        # "where is the named object" to the action, which pixels-to-actions learning needs most.
+        self.n_keypoints = 8
+        # Keypoint queries come from the instruction (a linear map of its pooled embedding), so an
+        # attention map can lock onto "the yellow cross" directly: logits = <q_k(instr), f(cell)>.
+        self.keypoint_query = nn.Linear(width, self.n_keypoints * cnn_channels[-1])
+        kp_grid = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid  # cell centres in [0, 1]
+        ky, kx = torch.meshgrid(kp_grid, kp_grid, indexing="ij")
+        self.register_buffer("kp_xy", torch.stack([kx.flatten(), ky.flatten()], -1), persistent=False)
+        self.keypoint_mlp = nn.Sequential(
+            nn.Linear(2 * self.n_keypoints * len(image_keys) + state_dim, width), nn.GELU()
+        )
+
+        # The head also sees the raw keypoints and state: relative geometry ("object minus gripper")
+        # is one linear layer away, instead of being re-learned through the fusion transformer.
+        feat = 3 * width + 2 * self.n_keypoints * len(image_keys) + state_dim
         self.value_head = nn.Sequential(nn.Linear(feat, width), nn.GELU(), nn.Linear(width, 1))
         # Small final init: initial values ~0 keep the first advantage estimates sane.
         nn.init.normal_(self.value_head[-1].weight, std=0.01 / math.sqrt(width))
@@ -243,7 +266,17 @@ class TinyVLA(Policy):
     # ------------------------------------------------------------------ model
 
     def features(self, obs: ObsBatch) -> torch.Tensor:
-        """Fused features [B, 2 * width]: concat(CLS output, mean of the image-token outputs)."""
+        """Fused features [B, 3 * width]: concat(CLS output, mean image-token output, keypoints)."""
+        return self._encode(obs)[0]
+
+    def point(self, obs: ObsBatch) -> torch.Tensor:
+        """Keypoints [B, n_keypoints, 2] of the first camera, (x, y) in [0, 1] image coordinates.
+
+        Grounding pretraining supervises the first keypoints with "where is the named object" labels.
+        """
+        return self._encode(obs)[1]
+
+    def _encode(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
         state = self._state(obs)
         b = state.shape[0]
         ids = self.tokenizer.encode_batch(list(obs["instruction"]))
@@ -256,7 +289,7 @@ class TinyVLA(Policy):
         pad = ids == PAD_ID
         words = self.word_emb(ids)
         keep = (~pad).unsqueeze(-1).float()
-        pooled = (words * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+        pooled = self.pool_instruction(words, pad)
 
         n_cams = len(self.image_keys)
         fmap = self.cnn(self._images(obs), pooled.repeat(n_cams, 1))
@@ -279,7 +312,24 @@ class TinyVLA(Policy):
         for block in self.blocks:
             tokens = block(tokens, attend)
         out = self.final_norm(tokens)
-        return torch.cat([out[:, 0], out[:, 2 + n_words :].mean(1)], dim=-1)
+        c = fmap.shape[1]
+        query = self.keypoint_query(pooled).view(b, self.n_keypoints, c).repeat(n_cams, 1, 1)
+        attn = (query @ fmap.flatten(2) / math.sqrt(c)).softmax(-1)  # [n_cams * B, n_kp, g*g]
+        points = (attn @ self.kp_xy).view(n_cams, b, self.n_keypoints, 2)
+        keypoints = points.transpose(0, 1).reshape(b, -1)
+        kp_feat = self.keypoint_mlp(torch.cat([keypoints, state], dim=-1))
+        feats = torch.cat([out[:, 0], out[:, 2 + n_words :].mean(1), kp_feat, keypoints, state], dim=-1)
+        return feats, points[0]
+
+    def pool_instruction(self, words: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """Word embeddings [B, L, W] and padding mask [B, L] -> a normalized summary [B, W].
+
+        The LayerNorm matters: word embeddings start tiny (std 0.02), and the zero-initialised FiLM
+        layers learn at a rate proportional to this vector's scale.
+        """
+        scores = self.word_score(words).masked_fill(pad[..., None], float("-inf")).softmax(dim=1)
+        pooled = torch.einsum("blh,blw->bhw", scores, words).flatten(1)
+        return self.instr_norm(self.pool_proj(pooled))
 
     @torch.inference_mode()
     def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOutput:

@@ -309,6 +309,21 @@ class TabletopVecEnv(VectorEnv):
                     sim.done = sim.success or sim.t >= self.max_episode_steps
         return out
 
+    def pointing_targets(self) -> np.ndarray:
+        """float32 [n, 2, 2]: (x, y) in [0, 1] image coordinates (x right, y down) of the current
+        subgoal's object and of where it must go (the touch point for touch goals).
+
+        Labels for grounding pretraining ("point at the object the instruction names"), the skill a
+        real VLA inherits from its vision-language backbone.
+        """
+        out = np.empty((self.num_envs, 2, 2), dtype=np.float32)
+        for i, slot in enumerate(self._slots):
+            ep = slot.episode
+            goal = ep.subgoals[min(ep.stage, len(ep.subgoals) - 1)]
+            out[i, 0] = ep.pos[goal.target]
+            out[i, 1] = goal.point
+        return out
+
     def describe(self, i: int) -> dict[str, Any]:
         """Ground truth of env ``i`` (objects, targets, basket) for evaluation breakdowns and tests."""
         slot = self._slots[_check_int("env index", i, 0, self.num_envs - 1)]

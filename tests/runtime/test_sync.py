@@ -1,0 +1,134 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from asyncvla.config import load_config
+from asyncvla.policies import load_policy
+from asyncvla.runtime.env_worker import EnvManager
+from asyncvla.runtime.trainer import Trainer
+from asyncvla.runtime.types import ActionReply
+from asyncvla.train import build_policy, probe_env, train
+
+TINY = [
+    "env.num_envs=4",
+    "env.num_managers=2",
+    "env.kwargs.family=reach",
+    "train.rollout_steps=3",
+    "train.updates=2",
+    "train.checkpoint_every=1",
+    "algo.minibatch_size=8",
+    "algo.epochs=1",
+    "eval.episodes=4",
+    "eval.num_envs=4",
+    "policy.kwargs.image_grid=4",
+]
+
+METRIC_KEYS = {
+    "update", "policy_version", "env_steps", "wall_s", "success_rate", "episode_return", "env_steps_per_s",
+    "approx_kl", "loss_policy", "loss_value", "time_env_s", "time_rollout_s", "time_train_s",
+}
+
+
+def _reply(req, k=2, version=0, value=0.5):
+    n = len(req.env_ids)
+    return ActionReply(
+        req.manager_id, req.request_id, req.env_ids,
+        actions=np.zeros((n, k, 3), np.float32), log_probs=np.zeros((n, k, 3), np.float32),
+        values=np.full(n, value, np.float32), version=version,
+    )
+
+
+def test_manager_closes_segment_with_next_reply_values():
+    m = EnvManager(0, "tabletop", 3, {"family": "reach"}, rollout_steps=2, seed=0)
+    segs = []
+    for t in range(3):
+        segs += m.apply(_reply(m.request(), version=t, value=float(t)))
+    assert len(segs) == 1
+    seg = segs[0]
+    assert seg.actions.shape == (2, 3, 2, 3) and seg.obs["image"].shape[:2] == (2, 3)
+    # the bootstrap is the value the third reply gave for the observation after step 2
+    assert np.allclose(seg.bootstrap_value, 2.0)
+    assert seg.versions[:, 0].tolist() == [0, 1]
+    assert seg.env_steps == 2 * 3 * 2  # no env finishes in 2 idle chunks of 2 actions
+
+
+def test_manager_rejects_reply_for_another_request():
+    m = EnvManager(0, "tabletop", 2, {"family": "reach"}, rollout_steps=2, seed=0)
+    req = m.request()
+    bad = _reply(req)
+    bad.request_id += 1
+    with pytest.raises(RuntimeError, match="expected request"):
+        m.apply(bad)
+
+
+def test_episode_mode_groups_share_init_state_and_close_when_all_done():
+    m = EnvManager(0, "tabletop", 4, {"family": "reach", "max_episode_steps": 6}, 99, seed=1,
+                   episode_mode=True, group_size=2)
+    img = m.obs["image"]
+    assert np.array_equal(img[0], img[1]) and np.array_equal(img[2], img[3])
+    assert not np.array_equal(img[0], img[2])
+    segs = []
+    while not segs:
+        segs = m.apply(_reply(m.request()))
+    seg = segs[0]
+    assert seg.group_ids.tolist()[0] == seg.group_ids.tolist()[1] != seg.group_ids.tolist()[2]
+    assert seg.dones[-1].all() and len(seg.episodes["return"]) == 4
+    assert seg.env_steps == int(np.sum(seg.valid)) * 2 or seg.env_steps <= 4 * 6
+
+
+def test_sync_run_writes_the_run_directory(tmp_path):
+    cfg = load_config(None, TINY)
+    summary = train(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in rows] == [1, 2]
+    assert METRIC_KEYS <= set(rows[0])
+    assert rows[-1]["env_steps"] == summary["env_steps"] > 0
+    for key in ("mode", "env_steps", "wall_s", "env_steps_per_s", "sft_success_rate", "final_success_rate"):
+        assert key in summary
+    assert json.loads((run / "summary.json").read_text())["env_steps"] == summary["env_steps"]
+    assert (run / "config.yaml").is_file() and (run / "curves.png").stat().st_size > 1000
+    assert any((run / "tensorboard").iterdir())
+    ckpt = run / "checkpoints" / "update_00002"
+    assert (ckpt / "model.safetensors").is_file() and json.loads((ckpt / "state.json").read_text())["update"] == 2
+    assert load_policy(ckpt).version == 2
+
+
+def test_resume_continues_the_run(tmp_path):
+    run = tmp_path / "run"
+    train(load_config(None, TINY), run)
+    with pytest.raises(FileExistsError):
+        train(load_config(None, TINY), run)
+    summary = train(load_config(None, [*TINY, "train.updates=3"]), run, resume=True)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in rows] == [1, 2, 3]
+    assert summary["policy_version"] == 3 and rows[2]["env_steps"] > rows[1]["env_steps"]
+
+
+def test_trainer_checkpoint_round_trip_gives_identical_updates(tmp_path):
+    cfg = load_config(None, TINY)
+    probe = probe_env(cfg)
+    torch.manual_seed(0)
+    m = EnvManager(0, "tabletop", 4, {"family": "reach"}, rollout_steps=3, seed=0)
+    policy = build_policy(cfg, probe)
+    trainer = Trainer(policy, cfg.algo, seed=0)
+    segs = []
+    while not segs:
+        req = m.request()
+        out = policy.act(req.obs)
+        segs = m.apply(ActionReply(0, req.request_id, req.env_ids, out.actions, out.log_probs, out.values, 0))
+    trainer.train(segs)
+    from asyncvla.policies import save_policy
+
+    save_policy(policy, tmp_path, "tiny_vla")
+    trainer.save_optimizer(tmp_path)
+    clone = Trainer(load_policy(tmp_path), cfg.algo, seed=1)
+    clone.load_optimizer(tmp_path)
+    trainer.rng = np.random.default_rng(7)
+    clone.rng = np.random.default_rng(7)
+    trainer.train(segs)
+    clone.train(segs)
+    for (k, a), b in zip(trainer.policy.state_dict().items(), clone.policy.state_dict().values()):
+        assert torch.equal(a, b), k
