@@ -251,6 +251,6 @@ def test_instruction_conditioning_is_learned(head: str) -> None:
     }
     targets = np.stack([np.full((4, 3), 0.5), np.full((4, 3), -0.5)]).astype(np.float32)
     targets = (-1.0 + (np.floor((targets + 1.0) / (2.0 / 256)) + 0.5) * (2.0 / 256)).astype(np.float32)
-    behaviour_clone(policy, obs, targets, steps=60)
+    behaviour_clone(policy, obs, targets, steps=200)
     predicted = policy.act(obs, deterministic=True).actions
     np.testing.assert_allclose(predicted, targets, atol=0.05)
