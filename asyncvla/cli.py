@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 
 from asyncvla.config import Config, ConfigError, load_config
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Asynchronous RL fine-tuning of VLA policies.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Asynchronous RL fine-tuning of VLA policies."
+)
 console = Console()
 
 
@@ -32,9 +33,13 @@ def _fail(e: Exception) -> None:
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="YAML config file."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. algo.lr=1e-4"),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<name>-<time>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its latest checkpoint."),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides, e.g. algo.lr=1e-4"),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="Run directory (default runs/<name>-<time>)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --run-dir from its latest checkpoint."
+    ),
 ) -> None:
     """Fine-tune a policy with RL (PPO or GRPO)."""
     from asyncvla.rundir import default_run_dir
@@ -49,14 +54,18 @@ def train(
     except (ConfigError, FileExistsError, FileNotFoundError) as e:
         _fail(e)
     console.print_json(json.dumps(summary))
-    console.print(f"run directory: [bold]{path}[/bold]  (summary.json, metrics.jsonl, curves.png, checkpoints/)")
+    console.print(
+        f"run directory: [bold]{path}[/bold]  (summary.json, metrics.jsonl, curves.png, checkpoints/)"
+    )
 
 
 @app.command()
 def sft(
     config: Path = typer.Argument(..., help="YAML config file."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. sft.demos=20"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Checkpoint directory (default runs/<name>-sft-<time>)."),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides, e.g. sft.demos=20"),
+    out: Path | None = typer.Option(
+        None, "--out", help="Checkpoint directory (default runs/<name>-sft-<time>)."
+    ),
 ) -> None:
     """Behaviour-clone the env's scripted expert (few-shot SFT warm start)."""
     import time
@@ -85,8 +94,8 @@ def sft(
 def eval_cmd(
     checkpoint: Path = typer.Argument(..., help="Checkpoint directory (model.safetensors + policy.json)."),
     episodes: int = typer.Option(100, "--episodes", min=1),
-    config: Optional[Path] = typer.Option(None, "--config", help="Config for the env (default: the run's)."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides of the env config"),
+    config: Path | None = typer.Option(None, "--config", help="Config for the env (default: the run's)."),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides of the env config"),
 ) -> None:
     """Evaluate a checkpoint deterministically on held-out init states."""
     from asyncvla.policies import load_policy

@@ -56,7 +56,7 @@ def evaluate_policy(
                     next_ep += len(fresh)
                     starts = [seed_offset + e for e in eps]
                     obs, _ = env.reset(seed=starts, options={"init_state": starts, "env_indices": fresh})
-                    for i, e in zip(fresh, eps):
+                    for i, e in zip(fresh, eps, strict=True):
                         ep_of_slot[i] = e
                         active[i] = True
                         ret[i] = length[i] = cost[i] = 0

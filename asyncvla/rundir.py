@@ -18,7 +18,9 @@ class RunDir:
     def __init__(self, path: str | Path, cfg: Config, resume: bool = False) -> None:
         self.path = Path(path)
         if not resume and (self.path / "metrics.jsonl").exists():
-            raise FileExistsError(f"{self.path} already holds a run; pass --resume or choose another --run-dir")
+            raise FileExistsError(
+                f"{self.path} already holds a run; pass --resume or choose another --run-dir"
+            )
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "checkpoints").mkdir(exist_ok=True)
         (self.path / "config.yaml").write_text(dump_config(cfg))
@@ -55,7 +57,7 @@ class RunDir:
         a.plot(xs, [r["success_rate"] for r in rows], label="training episodes")
         ev = [(r["env_steps"], r["eval_success_rate"]) for r in rows if "eval_success_rate" in r]
         if ev:
-            a.plot(*zip(*ev), "o-", label="held-out eval")
+            a.plot([e[0] for e in ev], [e[1] for e in ev], "o-", label="held-out eval")
         a.set_xlabel("env steps")
         a.set_ylabel("success rate")
         a.set_ylim(-0.02, 1.02)

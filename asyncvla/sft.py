@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +46,9 @@ def collect_demos(
         while active.any():
             chunk = env.expert_action_chunk(chunk_size)
             idx = np.flatnonzero(active)
-            obs_parts.append({k: ([v[i] for i in idx] if k == "instruction" else v[idx]) for k, v in obs.items()})
+            obs_parts.append(
+                {k: ([v[i] for i in idx] if k == "instruction" else v[idx]) for k, v in obs.items()}
+            )
             labels = env.pointing_targets() if with_points else chunk
             act_parts.append(labels[idx].astype(np.float32))
             obs, _, term, trunc, info = env.step(chunk)

@@ -84,7 +84,9 @@ def run_sft(cfg: Config, policy: Policy, out_dir: Path, console: Console) -> dic
     obs, actions, expert_sr = collect_demos(
         cfg.env.name, cfg.env.kwargs, cfg.sft.demos, cfg.policy.chunk_size, cfg.sft.seed_offset
     )
-    console.print(f"SFT: {cfg.sft.demos} expert demos ({len(actions)} decisions, expert success {expert_sr:.2f})")
+    console.print(
+        f"SFT: {cfg.sft.demos} expert demos ({len(actions)} decisions, expert success {expert_sr:.2f})"
+    )
     with _progress(console) as prog:
         task = prog.add_task("SFT", total=cfg.sft.steps, info="")
         losses = behaviour_clone(
@@ -136,8 +138,11 @@ def run_pretrain(cfg: Config, policy: Policy, console: Console) -> dict[str, flo
             seed=cfg.seed,
             on_epoch=lambda e, loss: prog.update(task, advance=1, info=f"point mse {loss:.4f}"),
         )
-    return {"pretrain_samples": len(points), "pretrain_final_mse": losses[-1],
-            "pretrain_wall_s": time.perf_counter() - t0}
+    return {
+        "pretrain_samples": len(points),
+        "pretrain_final_mse": losses[-1],
+        "pretrain_wall_s": time.perf_counter() - t0,
+    }
 
 
 def _progress(console: Console) -> Progress:
@@ -168,7 +173,9 @@ def _latest_checkpoint(run_path: Path) -> Path | None:
     return run_path / "checkpoints" / json.loads(marker.read_text())["path"]
 
 
-def train(cfg: Config, run_path: Path, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+def train(
+    cfg: Config, run_path: Path, resume: bool = False, console: Console | None = None
+) -> dict[str, Any]:
     console = console or Console()
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
@@ -191,8 +198,10 @@ def train(cfg: Config, run_path: Path, resume: bool = False, console: Console | 
             policy = load_policy(cfg.train.init)
         init_eval = evaluate(cfg, policy, cfg.eval.episodes)
         state["sft_success_rate"] = init_eval["success_rate"]
-        console.print(f"initial policy: held-out success {init_eval['success_rate']:.2f} "
-                      f"over {cfg.eval.episodes} episodes")
+        console.print(
+            f"initial policy: held-out success {init_eval['success_rate']:.2f} "
+            f"over {cfg.eval.episodes} episodes"
+        )
     else:
         policy = load_policy(ckpt)
         state.update(json.loads((ckpt / "state.json").read_text()))

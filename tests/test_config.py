@@ -50,7 +50,16 @@ def test_cli_exits_2_with_one_line(tmp_path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("name: x\n")
     r = subprocess.run(
-        [sys.executable, "-m", "asyncvla.cli", "train", str(p), "algo.clip_hgh=0.3", "--run-dir", str(tmp_path / "r")],
+        [
+            sys.executable,
+            "-m",
+            "asyncvla.cli",
+            "train",
+            str(p),
+            "algo.clip_hgh=0.3",
+            "--run-dir",
+            str(tmp_path / "r"),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -52,7 +52,9 @@ class VectorEnv(ABC):
         """
 
     @abstractmethod
-    def step(self, actions: np.ndarray) -> tuple[ObsBatch, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[ObsBatch, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Execute one action chunk [n, K, A] per env (a [n, A] array is a chunk of one)."""
 
     @abstractmethod
@@ -64,7 +66,7 @@ class VectorEnv(ABC):
         """How many distinct init states ``options["init_state"]`` accepts (None: unbounded)."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook; most envs hold nothing to release
         """Release simulator resources."""
 
 

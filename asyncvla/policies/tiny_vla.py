@@ -243,7 +243,14 @@ class TinyVLA(Policy):
 
     def encoder_modules(self) -> list[nn.Module]:
         """The vision-language encoder: CNN, word embeddings, instruction pooling, keypoint queries."""
-        return [self.cnn, self.word_emb, self.word_score, self.pool_proj, self.instr_norm, self.keypoint_query]
+        return [
+            self.cnn,
+            self.word_emb,
+            self.word_score,
+            self.pool_proj,
+            self.instr_norm,
+            self.keypoint_query,
+        ]
 
     def init_kwargs(self) -> dict[str, Any]:
         return dict(self._kwargs)
@@ -303,7 +310,6 @@ class TinyVLA(Policy):
         ids = ids[:, :n_words].to(self.device)
         pad = ids == PAD_ID
         words = self.word_emb(ids)
-        keep = (~pad).unsqueeze(-1).float()
         pooled = self.pool_instruction(words, pad)
 
         n_cams = len(self.image_keys)
@@ -333,7 +339,9 @@ class TinyVLA(Policy):
         points = (attn @ self.kp_xy).view(n_cams, b, self.n_keypoints, 2)
         keypoints = points.transpose(0, 1).reshape(b, -1)
         kp_feat = self.keypoint_mlp(torch.cat([keypoints, state], dim=-1))
-        feats = torch.cat([out[:, 0], out[:, 2 + n_words :].mean(1), kp_feat, 4.0 * (keypoints - 0.5), state], dim=-1)
+        feats = torch.cat(
+            [out[:, 0], out[:, 2 + n_words :].mean(1), kp_feat, 4.0 * (keypoints - 0.5), state], dim=-1
+        )
         return feats, points[0]
 
     def pool_instruction(self, words: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,18 @@ class EnvManager:
 
     def _clear_buffer(self) -> None:
         self._buf: dict[str, list[Any]] = {
-            k: [] for k in ("obs", "actions", "log_probs", "values", "rewards", "dones", "costs", "versions", "valid")
+            k: []
+            for k in (
+                "obs",
+                "actions",
+                "log_probs",
+                "values",
+                "rewards",
+                "dones",
+                "costs",
+                "versions",
+                "valid",
+            )
         }
         self._buf_env_steps = 0
         self._episodes: dict[str, list[float]] = {"return": [], "length": [], "success": []}

@@ -70,7 +70,9 @@ class Segment:
     """float32 [n]: V(obs after the last decision); ignored where ``dones[-1]``."""
     group_ids: np.ndarray | None = None
     """int64 [n] (GRPO, episode mode): envs with the same id started from the same init state."""
-    episodes: dict[str, list[float]] = field(default_factory=lambda: {"return": [], "length": [], "success": []})
+    episodes: dict[str, list[float]] = field(
+        default_factory=lambda: {"return": [], "length": [], "success": []}
+    )
     """Episodes that ended inside this segment."""
 
     @property

@@ -26,17 +26,32 @@ TINY = [
 ]
 
 METRIC_KEYS = {
-    "update", "policy_version", "env_steps", "wall_s", "success_rate", "episode_return", "env_steps_per_s",
-    "approx_kl", "loss_policy", "loss_value", "time_env_s", "time_rollout_s", "time_train_s",
+    "update",
+    "policy_version",
+    "env_steps",
+    "wall_s",
+    "success_rate",
+    "episode_return",
+    "env_steps_per_s",
+    "approx_kl",
+    "loss_policy",
+    "loss_value",
+    "time_env_s",
+    "time_rollout_s",
+    "time_train_s",
 }
 
 
 def _reply(req, k=2, version=0, value=0.5):
     n = len(req.env_ids)
     return ActionReply(
-        req.manager_id, req.request_id, req.env_ids,
-        actions=np.zeros((n, k, 3), np.float32), log_probs=np.zeros((n, k, 3), np.float32),
-        values=np.full(n, value, np.float32), version=version,
+        req.manager_id,
+        req.request_id,
+        req.env_ids,
+        actions=np.zeros((n, k, 3), np.float32),
+        log_probs=np.zeros((n, k, 3), np.float32),
+        values=np.full(n, value, np.float32),
+        version=version,
     )
 
 
@@ -64,8 +79,16 @@ def test_manager_rejects_reply_for_another_request():
 
 
 def test_episode_mode_groups_share_init_state_and_close_when_all_done():
-    m = EnvManager(0, "tabletop", 4, {"family": "reach", "max_episode_steps": 6}, 99, seed=1,
-                   episode_mode=True, group_size=2)
+    m = EnvManager(
+        0,
+        "tabletop",
+        4,
+        {"family": "reach", "max_episode_steps": 6},
+        99,
+        seed=1,
+        episode_mode=True,
+        group_size=2,
+    )
     img = m.obs["image"]
     assert np.array_equal(img[0], img[1]) and np.array_equal(img[2], img[3])
     assert not np.array_equal(img[0], img[2])
@@ -92,7 +115,9 @@ def test_sync_run_writes_the_run_directory(tmp_path):
     assert (run / "config.yaml").is_file() and (run / "curves.png").stat().st_size > 1000
     assert any((run / "tensorboard").iterdir())
     ckpt = run / "checkpoints" / "update_00002"
-    assert (ckpt / "model.safetensors").is_file() and json.loads((ckpt / "state.json").read_text())["update"] == 2
+    assert (ckpt / "model.safetensors").is_file() and json.loads((ckpt / "state.json").read_text())[
+        "update"
+    ] == 2
     assert load_policy(ckpt).version == 2
 
 
@@ -130,5 +155,7 @@ def test_trainer_checkpoint_round_trip_gives_identical_updates(tmp_path):
     clone.rng = np.random.default_rng(7)
     trainer.train(segs)
     clone.train(segs)
-    for (k, a), b in zip(trainer.policy.state_dict().items(), clone.policy.state_dict().values()):
+    for (k, a), b in zip(
+        trainer.policy.state_dict().items(), clone.policy.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), k
