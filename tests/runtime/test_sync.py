@@ -98,7 +98,8 @@ def test_episode_mode_groups_share_init_state_and_close_when_all_done():
     seg = segs[0]
     assert seg.group_ids.tolist()[0] == seg.group_ids.tolist()[1] != seg.group_ids.tolist()[2]
     assert seg.dones[-1].all() and len(seg.episodes["return"]) == 4
-    assert seg.env_steps == int(np.sum(seg.valid)) * 2 or seg.env_steps <= 4 * 6
+    # idle actions never touch the object: every env truncates after 6 actions = 3 chunks of 2
+    assert seg.env_steps == 4 * 6 and int(seg.valid.sum()) == 4 * 3
 
 
 def test_sync_run_writes_the_run_directory(tmp_path):
@@ -159,3 +160,15 @@ def test_trainer_checkpoint_round_trip_gives_identical_updates(tmp_path):
         trainer.policy.state_dict().items(), clone.policy.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), k
+
+
+def test_grpo_run_trains_on_complete_episode_groups(tmp_path):
+    cfg = load_config(
+        None,
+        [*TINY, "algo.name=grpo", "algo.group_size=2", "env.kwargs.max_episode_steps=8", "train.updates=1"],
+    )
+    summary = train(cfg, tmp_path / "run")
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    # every env ran exactly one episode of at most 8 actions; groups with equal returns are dropped
+    assert 0 < summary["env_steps"] <= 2 * 4 * 8
+    assert row["policy_version"] == 1 and 0 <= row["train_samples"] <= 2 * 4 * 4
