@@ -11,7 +11,7 @@ import torch
 from asyncvla.envs import make_env
 from asyncvla.envs.base import ObsBatch
 from asyncvla.policies import Policy
-from asyncvla.runtime.types import concat_obs
+from asyncvla.runtime.types import concat_obs, take_obs
 
 
 def collect_demos(
@@ -46,9 +46,7 @@ def collect_demos(
         while active.any():
             chunk = env.expert_action_chunk(chunk_size)
             idx = np.flatnonzero(active)
-            obs_parts.append(
-                {k: ([v[i] for i in idx] if k == "instruction" else v[idx]) for k, v in obs.items()}
-            )
+            obs_parts.append(take_obs(obs, idx))
             labels = env.pointing_targets() if with_points else chunk
             act_parts.append(labels[idx].astype(np.float32))
             obs, _, term, trunc, info = env.step(chunk)
@@ -85,7 +83,7 @@ def behaviour_clone(
             perm, pos = rng.permutation(n), 0
         idx = perm[pos : pos + batch_size]
         pos += batch_size
-        mb_obs = {k: ([v[i] for i in idx] if k == "instruction" else v[idx]) for k, v in obs.items()}
+        mb_obs = take_obs(obs, idx)
         out = policy.evaluate(mb_obs, torch.from_numpy(actions[idx]))
         loss = -out.log_probs.mean()
         opt.zero_grad(set_to_none=True)
@@ -116,6 +114,10 @@ def pretrain_grounding(
     """
     if not hasattr(policy, "point"):
         raise ValueError(f"{type(policy).__name__} has no point() head for grounding pretraining")
+    # Pretraining is what the encoder is for: train it even when the policy freezes it afterwards.
+    frozen = [p for p in policy.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     target = torch.from_numpy(points)
@@ -127,7 +129,7 @@ def pretrain_grounding(
         total = 0.0
         for start in range(0, n, batch_size):
             idx = perm[start : start + batch_size]
-            mb_obs = {k: ([v[i] for i in idx] if k == "instruction" else v[idx]) for k, v in obs.items()}
+            mb_obs = take_obs(obs, idx)
             pred = policy.point(mb_obs)[:, :n_points]
             loss = (pred - target[idx]).pow(2).sum(-1).mean()
             opt.zero_grad(set_to_none=True)
@@ -137,5 +139,7 @@ def pretrain_grounding(
         losses.append(total / n)
         if on_epoch is not None:
             on_epoch(epoch, losses[-1])
+    for p in frozen:
+        p.requires_grad_(False)
     policy.eval()
     return losses

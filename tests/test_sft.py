@@ -44,6 +44,30 @@ def test_freeze_encoder_keeps_grounding_weights_fixed_during_cloning():
     behaviour_clone(policy, obs, actions, steps=5, batch_size=16, lr=1e-3)
     after = policy.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith(("head.", "keypoint_mlp", "blocks", "value_head", "cls", "state_proj",
-                                          "patch", "camera", "word_pos", "final_norm")) for k in changed)
+    assert changed and all(
+        k.startswith(
+            (
+                "head.",
+                "keypoint_mlp",
+                "blocks",
+                "value_head",
+                "cls",
+                "state_proj",
+                "patch",
+                "camera",
+                "word_pos",
+                "final_norm",
+            )
+        )
+        for k in changed
+    )
     assert not any(k.startswith(("cnn.", "word_emb", "keypoint_query")) for k in changed)
+
+
+def test_pretraining_trains_a_frozen_encoder_and_leaves_it_frozen():
+    _, policy = _policy("policy.kwargs.freeze_encoder=true")
+    obs, points, _ = collect_demos("tabletop", {"family": "reach"}, 4, 4, seed_offset=0, with_points=True)
+    before = policy.cnn.convs[0].weight.detach().clone()
+    pretrain_grounding(policy, obs, points, epochs=1, batch_size=16, lr=1e-3)
+    assert not torch.equal(before, policy.cnn.convs[0].weight)
+    assert not any(p.requires_grad for p in policy.cnn.parameters())

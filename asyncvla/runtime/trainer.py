@@ -14,7 +14,7 @@ from asyncvla.algos import compute_gae, grpo_advantages, ppo_loss
 from asyncvla.config import AlgoConfig
 from asyncvla.envs.base import ObsBatch
 from asyncvla.policies import Policy
-from asyncvla.runtime.types import Segment, concat_obs
+from asyncvla.runtime.types import Segment, concat_obs, take_obs
 
 
 def segment_advantages(seg: Segment, algo: AlgoConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -41,10 +41,6 @@ def segment_advantages(seg: Segment, algo: AlgoConfig) -> tuple[np.ndarray, np.n
     return adv_tn, np.zeros_like(adv_tn)
 
 
-def _take_obs(obs: ObsBatch, idx: np.ndarray) -> ObsBatch:
-    return {k: ([v[i] for i in idx] if k == "instruction" else v[idx]) for k, v in obs.items()}
-
-
 class Batch:
     """Flat training samples: obs [N, ...], actions [N, K, A], behaviour log-probs/values, targets."""
 
@@ -54,7 +50,7 @@ class Batch:
             adv, ret = segment_advantages(seg, algo)
             keep = seg.valid.reshape(-1) & ~np.isnan(adv.reshape(-1))
             idx = np.flatnonzero(keep)
-            obs_parts.append(_take_obs(seg.flat_obs(), idx))
+            obs_parts.append(take_obs(seg.flat_obs(), idx))
             cols["actions"].append(seg.actions.reshape(-1, *seg.actions.shape[2:])[idx])
             cols["log_probs"].append(seg.log_probs.reshape(-1, *seg.log_probs.shape[2:])[idx])
             cols["values"].append(seg.values.reshape(-1)[idx])
@@ -66,7 +62,7 @@ class Batch:
         self.size = len(self.data["adv"])
 
     def minibatch(self, idx: np.ndarray) -> tuple[ObsBatch, dict[str, torch.Tensor]]:
-        return _take_obs(self.obs, idx), {k: torch.from_numpy(v[idx]) for k, v in self.data.items()}
+        return take_obs(self.obs, idx), {k: torch.from_numpy(v[idx]) for k, v in self.data.items()}
 
 
 class Trainer:

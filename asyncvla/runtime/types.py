@@ -99,3 +99,8 @@ def concat_obs(batches: list[ObsBatch]) -> ObsBatch:
         else:
             out[k] = np.concatenate([b[k] for b in batches])
     return out
+
+
+def take_obs(obs: ObsBatch, idx: np.ndarray | list[int]) -> ObsBatch:
+    """Select envs ``idx`` of an observation batch (arrays indexed, instruction list gathered)."""
+    return {k: ([v[i] for i in idx] if k == "instruction" else v[idx]) for k, v in obs.items()}
