@@ -183,13 +183,18 @@ def train(
     probe = probe_env(cfg)
     policy = build_policy(cfg, probe)
     probe.close()
+    # Everything that can be refused is checked before the run directory is touched.
+    ckpt = _latest_checkpoint(Path(run_path)) if resume else None
+    if resume and ckpt is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {Path(run_path) / 'checkpoints'}")
+    if cfg.train.init not in (None, "sft") and not (Path(cfg.train.init) / "policy.json").is_file():
+        raise ConfigError(
+            f"train.init: {cfg.train.init} is not a checkpoint directory; allowed: null, sft, or one"
+        )
     run = RunDir(run_path, cfg, resume=resume)
     t_start = time.perf_counter()
     state: dict[str, Any] = {"update": 0, "env_steps": 0, "wall_s": 0.0}
     extra: dict[str, Any] = {}
-    ckpt = _latest_checkpoint(run.path) if resume else None
-    if resume and ckpt is None:
-        raise FileNotFoundError(f"--resume: no checkpoint in {run.path / 'checkpoints'}")
 
     if ckpt is None:
         if cfg.train.init == "sft":

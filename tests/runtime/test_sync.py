@@ -172,3 +172,13 @@ def test_grpo_run_trains_on_complete_episode_groups(tmp_path):
     # every env ran exactly one episode of at most 8 actions; groups with equal returns are dropped
     assert 0 < summary["env_steps"] <= 2 * 4 * 8
     assert row["policy_version"] == 1 and 0 <= row["train_samples"] <= 2 * 4 * 4
+
+
+def test_bad_init_or_resume_is_refused_before_the_run_directory_exists(tmp_path):
+    from asyncvla.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.init"):
+        train(load_config(None, [*TINY, f"train.init={tmp_path / 'nope'}"]), tmp_path / "a")
+    with pytest.raises(FileNotFoundError, match="--resume"):
+        train(load_config(None, TINY), tmp_path / "b", resume=True)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
