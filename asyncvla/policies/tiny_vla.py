@@ -2,15 +2,18 @@
 
 Inputs (an ``ObsBatch``): ``image_keys`` images uint8 [B, H, W, 3], ``state`` float32 [B, S] and
 ``instruction`` list[str]. Pipeline:
-  - each image: CoordConv CNN (3 stride-2 stages, ReLU, FiLM-conditioned on the mean instruction word
-    embedding) -> a g x g feature map (g = min(image_grid, image_size / 8)) -> g*g patch tokens
-    (+ learned position and camera embeddings; the CNN is shared across cameras),
-  - instruction: word + position embeddings (padding masked),
+  - instruction: word + position embeddings (padding masked); an attention-pooled summary drives
+    FiLM and the keypoint queries,
+  - each image: CoordConv CNN (3 stride-2 stages, ReLU, FiLM-conditioned on the instruction summary)
+    -> a g x g feature map (g = min(image_grid, image_size / 8)) -> g*g patch tokens (+ learned
+    position and camera embeddings; the CNN is shared across cameras),
+  - language-queried spatial soft-argmax keypoints of that feature map (``point`` exposes them for
+    grounding pretraining),
   - state: linear -> one token,
   - fusion: a pre-norm transformer encoder over [CLS, state, instruction, image tokens],
-  - spatial soft-argmax keypoints of the conditioned feature map, with the state, through an MLP,
-  - heads on concat(CLS output, mean image-token output, keypoint features): a value MLP -> [B] and an action head
-    (``heads.TokenHead`` or ``heads.GaussianHead``) -> a distribution over the chunk [B, K, A].
+  - a value MLP -> [B] on concat(CLS output, mean image-token output, keypoint features, keypoints,
+    state); the action head (``heads.TokenHead`` or ``heads.GaussianHead``) -> a distribution over
+    the chunk [B, K, A] reads the geometric part (keypoint features, keypoints, state).
 """
 
 from __future__ import annotations
