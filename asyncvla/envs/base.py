@@ -9,6 +9,9 @@ Observation batch (``ObsBatch``), for ``n`` envs:
 Actions are chunks: float32 [n, K, A], executed in order; an env stops early inside a chunk
 when its episode terminates or truncates. After an env is done it must be reset (see
 ``reset(options={"env_indices": ...})``) before it is stepped again.
+
+Observation batches returned by ``reset`` and ``step`` belong to the caller: an env must not
+write into them later (copy internal buffers out), so workers can keep them without copying.
 """
 
 from __future__ import annotations

@@ -24,10 +24,6 @@ TRAIN_INIT_STATES = 1_000_000
 """Training draws init states below this; evaluation and demos use disjoint ranges above it."""
 
 
-def _copy_obs(obs: ObsBatch) -> ObsBatch:
-    return {k: (list(v) if isinstance(v, list) else np.array(v, copy=True)) for k, v in obs.items()}
-
-
 def _stack_obs(steps: list[ObsBatch]) -> ObsBatch:
     out: dict[str, Any] = {}
     for k in steps[0]:
@@ -84,7 +80,7 @@ class EnvManager:
             seeds, inits = self._draw(self.n)
         obs, _ = self.env.reset(seed=seeds, options={"init_state": inits})
         self._done[:] = False
-        return _copy_obs(obs)
+        return obs
 
     def _clear_buffer(self) -> None:
         self._buf: dict[str, list[Any]] = {
@@ -181,7 +177,7 @@ class EnvManager:
 
         if self.episode_mode:
             self._done |= done
-            self.obs = _copy_obs(obs)
+            self.obs = obs
             if self._done.all():
                 out.append(self.close(np.zeros(self.n, dtype=np.float32)))
                 self.obs = self._reset_all()
@@ -189,9 +185,9 @@ class EnvManager:
             idx = np.flatnonzero(done)
             seeds, inits = self._draw(len(idx))
             obs, _ = self.env.reset(seed=seeds, options={"init_state": inits, "env_indices": idx.tolist()})
-            self.obs = _copy_obs(obs)
+            self.obs = obs
         else:
-            self.obs = _copy_obs(obs)
+            self.obs = obs
         return out
 
     def shutdown(self) -> None:

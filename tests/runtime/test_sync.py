@@ -182,3 +182,15 @@ def test_bad_init_or_resume_is_refused_before_the_run_directory_exists(tmp_path)
     with pytest.raises(FileNotFoundError, match="--resume"):
         train(load_config(None, TINY), tmp_path / "b", resume=True)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_env_observations_belong_to_the_caller():
+    # EnvManager keeps observations without copying them; the env API promises they stay unchanged.
+    from asyncvla.envs import make_env
+
+    env = make_env("tabletop", 2, family="reach")
+    first, _ = env.reset(seed=0)
+    kept = first["image"].copy()
+    moved, *_ = env.step(np.ones((2, 3, 3), np.float32))
+    assert not np.array_equal(moved["image"], kept)
+    assert np.array_equal(first["image"], kept)
