@@ -58,6 +58,16 @@ class AlgoConfig(_Strict):
     lr: float = Field(3e-4, gt=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
     normalize_advantages: bool = True
+    """Normalize advantages per minibatch (CleanRL); GRPO advantages are group-normalized already."""
+    off_policy: Literal["none", "decoupled", "tis"] = "decoupled"
+    """Correction for stale samples (behaviour version < trainer version): ``none`` treats the
+    behaviour policy as PPO's old policy; ``decoupled`` clips against a proximal policy and weights
+    by pi_prox / pi_behaviour; ``tis`` is the same with the weight truncated at ``is_cap``."""
+    proximal: Literal["recompute", "interpolate"] = "recompute"
+    """Proximal log-probs of stale samples: a no-grad forward with the weights the batch starts from,
+    or an interpolation between behaviour and current log-probs (no extra forward)."""
+    is_cap: float = Field(2.0, gt=0.0)
+    """Truncation of the importance weight for ``off_policy: tis``."""
     group_size: int = Field(8, ge=2)
     """GRPO: envs per group sharing one init state (must divide env.num_envs)."""
 
@@ -109,10 +119,63 @@ class EvalConfig(_Strict):
     """Episodes of the periodic evaluations during training (``train.eval_every``)."""
 
 
+class AsyncSwitches(_Strict):
+    """Which barriers ``mode: async`` removes (each row of the RL-VLA^3 ablation is one setting)."""
+
+    env: bool = True
+    """Env managers step independently (False: the managers of an env worker step in lockstep)."""
+    rollout: bool = True
+    """Dynamic batching (False: a rollout worker waits until every routed shard has asked)."""
+    train: bool = True
+    """Collection continues while the trainer trains (False: max_staleness is forced to 0)."""
+    streamer: bool = False
+    """The first epoch runs forward/backward per micro-batch as segments arrive and accumulates
+    gradients until the global batch is complete (False: train once the whole batch is in)."""
+
+
+class Resources(_Strict):
+    cpus: float = Field(0.5, ge=0.0)
+    """Logical Ray CPUs reserved per worker (scheduling only)."""
+    gpus: float = Field(0.0, ge=0.0)
+    """Ray GPUs per worker (fractions share a device)."""
+    torch_threads: int = Field(0, ge=0)
+    """Torch intra-op threads per worker (0: from the placement and the machine's cores)."""
+
+
+class RuntimeConfig(_Strict):
+    """How the workers are laid out and scheduled (sync and async share every field)."""
+
+    num_env_workers: int = Field(1, ge=1)
+    num_rollout_workers: int = Field(1, ge=1)
+    sharding: Literal["round_robin"] | dict[int, list[int]] = "round_robin"
+    """Manager -> rollout workers: ``round_robin``, or explicit ``{manager: [worker, ...]}``;
+    a manager routed to several workers has its envs split evenly between them."""
+    max_staleness: int = Field(1, ge=0)
+    """eta: a sample of behaviour version v is trained at trainer version <= v + eta (sync: 0)."""
+    global_batch_samples: int = Field(0, ge=0)
+    """Samples per optimizer publish (0: one segment of every env, num_managers*num_envs*T)."""
+    max_batch_samples: int = Field(64, ge=1)
+    """Dynamic batching: a rollout batch closes at this many samples ..."""
+    batch_timeout_ms: float = Field(10.0, ge=0.0)
+    """... or this long after it opened, whichever comes first."""
+    queue_segments: int = Field(8, ge=1)
+    """Capacity of the bounded segment queue in front of the trainer."""
+    placement: Literal["colocated", "disaggregated", "hybrid"] = "colocated"
+    """colocated: rollout and trainer share a device (on CPU: all cores each); disaggregated:
+    separate devices (on CPU: the cores are divided); hybrid: env workers share the rollout
+    workers' cores, the trainer has its own."""
+    env: Resources = Field(default_factory=lambda: Resources(cpus=0.25, torch_threads=1))
+    rollout: Resources = Field(default_factory=Resources)
+    trainer: Resources = Field(default_factory=lambda: Resources(cpus=1.0))
+    address: str | None = None
+    """Ray cluster to join (``auto`` or HOST:PORT); None starts a local instance."""
+
+
 class Config(_Strict):
     name: str = "run"
     seed: int = 0
-    mode: Literal["sync"] = "sync"
+    mode: Literal["sync", "async"] = "sync"
+    """sync: barrier schedule (eta = 0, lockstep envs, static batching); async: see ``async``."""
     env: EnvConfig = Field(default_factory=EnvConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
@@ -120,6 +183,10 @@ class Config(_Strict):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    async_: AsyncSwitches = Field(default_factory=AsyncSwitches, alias="async")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -130,7 +197,36 @@ class Config(_Strict):
             )
         if self.algo.clip_low >= 1.0:
             raise ValueError("algo.clip_low: must be < 1")
+        rt = self.runtime
+        if isinstance(rt.sharding, dict):
+            for m, workers in rt.sharding.items():
+                if not 0 <= m < self.env.num_managers:
+                    raise ValueError(
+                        f"runtime.sharding: manager {m} does not exist (0..{self.env.num_managers - 1})"
+                    )
+                if not workers or any(not 0 <= w < rt.num_rollout_workers for w in workers):
+                    raise ValueError(
+                        f"runtime.sharding: manager {m} -> {workers}; workers are 0..{rt.num_rollout_workers - 1}"
+                    )
+                if len(workers) > self.env.num_envs:
+                    raise ValueError(f"runtime.sharding: manager {m} has fewer envs than workers {workers}")
+        if self.env.num_managers < rt.num_env_workers:
+            raise ValueError(
+                f"runtime.num_env_workers: {rt.num_env_workers} workers need >= that many env.num_managers"
+            )
         return self
+
+    def schedule(self) -> tuple[AsyncSwitches, int]:
+        """The effective switches and staleness bound: ``mode: sync`` turns every switch off."""
+        if self.mode == "sync":
+            return AsyncSwitches(env=False, rollout=False, train=False, streamer=False), 0
+        sw = self.async_
+        return sw, (self.runtime.max_staleness if sw.train else 0)
+
+    def global_batch(self) -> int:
+        if self.runtime.global_batch_samples:
+            return self.runtime.global_batch_samples
+        return self.env.num_managers * self.env.num_envs * self.train.rollout_steps
 
 
 def _describe(err: ValidationError) -> str:
@@ -140,9 +236,10 @@ def _describe(err: ValidationError) -> str:
     if kind == "extra_forbidden":
         parent: type[BaseModel] = Config
         for part in e["loc"][:-1]:
-            ann = parent.model_fields[str(part)].annotation
+            fields = {f.alias or n: f for n, f in parent.model_fields.items()}
+            ann = fields[str(part)].annotation
             parent = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else parent
-        allowed = ", ".join(parent.model_fields)
+        allowed = ", ".join(f.alias or n for n, f in parent.model_fields.items())
         return f"{loc}: unknown key; allowed: {allowed}"
     if kind == "value_error":
         # Cross-field checks name their keys themselves; field checks get the location prefix.
@@ -198,4 +295,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)

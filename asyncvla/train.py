@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -20,10 +20,7 @@ from asyncvla.envs.base import VectorEnv
 from asyncvla.evaluation import evaluate_policy
 from asyncvla.policies import Policy, load_policy, make_policy, save_policy
 from asyncvla.rundir import RunDir
-from asyncvla.runtime.env_worker import EnvManager, EnvWorker
-from asyncvla.runtime.rollout_worker import RolloutWorker
-from asyncvla.runtime.schedules import SyncSchedule
-from asyncvla.runtime.trainer import Trainer
+from asyncvla.runtime.launcher import Runtime, init_ray, load_weights
 from asyncvla.runtime.types import concat_obs
 from asyncvla.sft import behaviour_clone, collect_demos, pretrain_grounding
 
@@ -157,15 +154,6 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _save_checkpoint(run: RunDir, trainer: Trainer, cfg: Config, state: dict[str, Any]) -> Path:
-    d = run.path / "checkpoints" / f"update_{state['update']:05d}"
-    save_policy(trainer.policy, d, cfg.policy.name)
-    trainer.save_optimizer(d)
-    (d / "state.json").write_text(json.dumps(state, indent=2))
-    (run.path / "checkpoints" / "latest.json").write_text(json.dumps({"path": d.name}))
-    return d
-
-
 def _latest_checkpoint(run_path: Path) -> Path | None:
     marker = run_path / "checkpoints" / "latest.json"
     if not marker.is_file():
@@ -212,79 +200,59 @@ def train(
         state.update(json.loads((ckpt / "state.json").read_text()))
         console.print(f"resuming from {ckpt} (update {state['update']}, env steps {state['env_steps']})")
 
-    episode_mode = cfg.algo.name == "grpo"
-    managers = [
-        EnvManager(
-            m,
-            cfg.env.name,
-            cfg.env.num_envs,
-            cfg.env.kwargs,
-            cfg.train.rollout_steps,
-            seed=cfg.seed * 1000 + state["update"],
-            episode_mode=episode_mode,
-            group_size=cfg.algo.group_size,
-        )
-        for m in range(cfg.env.num_managers)
-    ]
-    env_worker = EnvWorker(managers)
-    rollout = RolloutWorker(copy.deepcopy(policy))
-    trainer = Trainer(policy, cfg.algo, seed=cfg.seed + state["update"])
-    if ckpt is not None:
-        trainer.load_optimizer(ckpt)
-    schedule = SyncSchedule(
-        env_worker, rollout, trainer, list(range(cfg.env.num_managers)), cfg.train.rollout_steps, episode_mode
-    )
-
-    recent = deque(maxlen=100)
-    returns = deque(maxlen=100)
-    success_rate = 0.0
+    runtime = None
+    started = init_ray(cfg.runtime.address)
     try:
         with _progress(console) as prog:
-            task = prog.add_task("RL", total=cfg.train.updates, completed=state["update"], info="")
-            while state["update"] < cfg.train.updates:
-                t0 = time.perf_counter()
-                res = schedule.step()
-                dt = time.perf_counter() - t0
-                env_steps = sum(s.env_steps for s in res.segments)
-                for s in res.segments:
-                    recent.extend(s.episodes["success"])
-                    returns.extend(s.episodes["return"])
-                success_rate = float(np.mean(recent)) if recent else success_rate
-                state["update"] += 1
-                state["env_steps"] += env_steps
-                state["wall_s"] += dt
-                row = {
-                    "update": state["update"],
-                    "policy_version": trainer.version,
-                    "env_steps": state["env_steps"],
-                    "wall_s": state["wall_s"],
-                    "success_rate": success_rate,
-                    "episode_return": float(np.mean(returns)) if returns else 0.0,
-                    "episodes": len(recent),
-                    "env_steps_per_s": env_steps / dt,
-                    "decisions_per_s": sum(s.num_samples for s in res.segments) / dt,
-                    **res.metrics,
-                    **res.timings,
-                }
-                if cfg.train.eval_every and state["update"] % cfg.train.eval_every == 0:
-                    row["eval_success_rate"] = evaluate(cfg, policy, cfg.eval.quick_episodes)["success_rate"]
-                run.log(row)
-                if state["update"] % cfg.train.checkpoint_every == 0 or state["update"] == cfg.train.updates:
-                    _save_checkpoint(run, trainer, cfg, state)
-                prog.update(
-                    task,
-                    advance=1,
-                    info=f"success {success_rate:.2f} | {row['env_steps_per_s']:.0f} env steps/s",
-                )
+            task = prog.add_task(
+                f"RL ({cfg.mode})", total=cfg.train.updates, completed=state["update"], info=""
+            )
+            eval_policy = copy.deepcopy(policy)
+
+            def on_rows(rows: list[dict[str, Any]]) -> None:
+                for row in rows:
+                    ref = row.pop("_weights", None)
+                    if ref is not None:
+                        load_weights(
+                            eval_policy, {"weights": ray.get(ref[0]), "version": row["policy_version"]}
+                        )
+                        row["eval_success_rate"] = evaluate(cfg, eval_policy, cfg.eval.quick_episodes)[
+                            "success_rate"
+                        ]
+                    row["env_steps_per_s"] = row["env_steps"] / max(row["wall_s"], 1e-9)
+                    run.log(row)
+                    prog.update(
+                        task,
+                        completed=row["update"],
+                        info=f"success {row['success_rate']:.2f} | {row['env_steps_per_s']:.0f} env steps/s"
+                        f" | staleness {row['staleness_mean']:.2f}",
+                    )
+                    state.update(update=row["update"], env_steps=row["env_steps"], wall_s=row["wall_s"])
+
+            runtime = Runtime(cfg, policy, cfg.policy.name, run.path, state, ckpt)
+            result = runtime.run(cfg.train.updates - state["update"], on_rows)
+        load_weights(policy, result)
+        acc = runtime.accounting()
+        env_stats = runtime.env_stats
+        rollout_stats = runtime.rollout_stats()
     finally:
-        env_worker.shutdown()
+        if runtime is not None:
+            runtime.shutdown()
+        if started:
+            ray.shutdown()
 
     final = evaluate(cfg, policy, cfg.eval.episodes)
     summary = {
         "mode": cfg.mode,
+        "max_staleness": cfg.schedule()[1],
         "updates": state["update"],
-        "policy_version": trainer.version,
+        "policy_version": policy.version,
         "env_steps": state["env_steps"],
+        "env_steps_collected": sum(e["env_steps"] for e in env_stats),
+        "samples_trained": acc["trained_samples"],
+        "samples_rejected": acc["rejected_samples"],
+        "samples_collected_untrained": acc["leftover_samples"],
+        "rollout_batches": sum(r["batches"] for r in rollout_stats),
         "wall_s": state["wall_s"],
         "env_steps_per_s": state["env_steps"] / max(state["wall_s"], 1e-9),
         "sft_success_rate": state.get("sft_success_rate"),

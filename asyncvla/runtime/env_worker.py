@@ -1,13 +1,17 @@
-"""EnvWorker: owns env managers; each manager is one vectorized env that steps on its own.
+"""EnvManager: one vectorized env that steps on its own; EnvWorker: holds M of them.
 
 A manager is a small state machine, the same in every schedule:
-``request()`` -> an ``ObsRequest`` for its envs; ``apply(reply)`` -> step the chunk, record the
-decision, reset finished envs, and return the segments that completed. A segment of T decisions
-closes when the *next* reply arrives, whose values are the bootstrap V(obs after the last step);
-a sync schedule closes it explicitly with ``close(values)`` before training.
+``request()`` -> one ``ObsRequest`` per shard (a manager's envs may be split across rollout
+workers); ``apply(replies)`` -> step the chunk once every shard has its reply, record the
+decision, reset finished envs, and return the segments that completed.
 
-In episode mode (GRPO) all envs of a manager start together, in groups that share an init state,
-and the segment closes when every env has finished its episode.
+PPO segments close after T decisions and carry the observation after the last step
+(``bootstrap_obs``); the trainer computes the bootstrap value V(bootstrap_obs) with the weights it
+trains with, so no segment waits for a further reply. In episode mode (GRPO) all envs of a
+manager start together, in groups that share an init state; a group's members that finish early
+are masked until the last one ends, and the segment closes when every group is complete.
+
+Each segment holds a staleness ticket (``gate.Ticket``) taken before its first decision.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import numpy as np
 
 from asyncvla.envs import make_env
 from asyncvla.envs.base import ObsBatch
-from asyncvla.runtime.types import ActionReply, ObsRequest, Segment
+from asyncvla.runtime.gate import Ticket
+from asyncvla.runtime.types import ActionReply, ObsRequest, Segment, take_obs
 
 TRAIN_INIT_STATES = 1_000_000
 """Training draws init states below this; evaluation and demos use disjoint ranges above it."""
@@ -42,7 +47,10 @@ class EnvManager:
         seed: int,
         episode_mode: bool = False,
         group_size: int = 1,
+        num_shards: int = 1,
     ) -> None:
+        if not 1 <= num_shards <= num_envs:
+            raise ValueError(f"num_shards must be in 1..{num_envs}; got {num_shards}")
         self.manager_id = manager_id
         self.env = make_env(env_name, num_envs=num_envs, **env_kwargs)
         self.n = num_envs
@@ -54,7 +62,13 @@ class EnvManager:
         self._request_id = 0
         self._segment_id = 0
         self._group_counter = 0
+        self.shards = [a.astype(np.int64) for a in np.array_split(np.arange(num_envs), num_shards)]
         self._pending: int | None = None
+        self._replies: dict[int, ActionReply] = {}
+        self.ticket: Ticket | None = None
+        self.env_steps_total = 0
+        self.samples_total = 0
+        self.segments_total = 0
         self._ep_return = np.zeros(self.n, dtype=np.float64)
         self._ep_len = np.zeros(self.n, dtype=np.int64)
         self._done = np.zeros(self.n, dtype=bool)
@@ -101,14 +115,38 @@ class EnvManager:
         self._episodes: dict[str, list[float]] = {"return": [], "length": [], "success": []}
 
     # -- the state machine ------------------------------------------------------------------------
-    def request(self) -> ObsRequest:
+    @property
+    def needs_ticket(self) -> bool:
+        """True before the first decision of a segment, until ``set_ticket``."""
+        return self.ticket is None and self.segment_len == 0
+
+    def ticket_samples(self) -> int:
+        return self.n * self.rollout_steps
+
+    def set_ticket(self, ticket: Ticket) -> None:
+        self.ticket = ticket
+
+    def request(self) -> list[ObsRequest]:
+        """One request per shard for the current observations (all must be answered)."""
+        if self._pending is not None:
+            raise RuntimeError(f"manager {self.manager_id}: request {self._pending} is still open")
         self._request_id += 1
         self._pending = self._request_id
-        return ObsRequest(self.manager_id, self._request_id, self.env_ids, self.obs)
+        self._replies = {}
+        target = None if self.ticket is None else self.ticket.target_version
+        if len(self.shards) == 1:
+            return [ObsRequest(self.manager_id, self._request_id, self.env_ids, self.obs, 0, target)]
+        return [
+            ObsRequest(
+                self.manager_id, self._request_id, self.env_ids[idx], take_obs(self.obs, idx), j, target
+            )
+            for j, idx in enumerate(self.shards)
+        ]
 
-    def close(self, bootstrap_values: np.ndarray) -> Segment:
-        """Close the open segment with V(current obs) as its bootstrap value."""
+    def close(self, bootstrap_values: np.ndarray | None = None) -> Segment:
+        """Close the open segment; without values the trainer bootstraps from the current obs."""
         b = self._buf
+        t = self.ticket
         seg = Segment(
             manager_id=self.manager_id,
             segment_id=self._segment_id,
@@ -123,11 +161,19 @@ class EnvManager:
             versions=np.stack(b["versions"]),
             valid=np.stack(b["valid"]),
             env_steps=self._buf_env_steps,
-            bootstrap_value=np.asarray(bootstrap_values, dtype=np.float32),
+            bootstrap_value=None if bootstrap_values is None else np.asarray(bootstrap_values, np.float32),
+            bootstrap_obs=None if bootstrap_values is not None else self.obs,
+            target_version=0 if t is None else t.target_version,
+            ticket_id=-1 if t is None else t.ticket_id,
+            closes_batch=False if t is None else t.closes_batch,
+            batch_tickets=0 if t is None else t.batch_tickets,
             group_ids=None if self._group_ids is None else self._group_ids.copy(),
             episodes=self._episodes,
         )
         self._segment_id += 1
+        self.segments_total += 1
+        self.samples_total += seg.num_samples
+        self.ticket = None
         self._clear_buffer()
         return seg
 
@@ -135,35 +181,62 @@ class EnvManager:
     def segment_len(self) -> int:
         return len(self._buf["actions"])
 
-    def apply(self, reply: ActionReply) -> list[Segment]:
-        """Step the env with a reply to this manager's pending request; return finished segments."""
+    def add_reply(self, reply: ActionReply) -> bool:
+        """Record one shard's reply; True once every shard of the pending request has answered."""
         if reply.manager_id != self.manager_id or reply.request_id != self._pending:
             raise RuntimeError(
                 f"manager {self.manager_id} got reply {reply.manager_id}/{reply.request_id}, "
                 f"expected request {self._pending}"
             )
-        if not np.array_equal(reply.env_ids, self.env_ids):
+        if not 0 <= reply.shard < len(self.shards) or reply.shard in self._replies:
+            raise RuntimeError(f"manager {self.manager_id}: unexpected or duplicate shard {reply.shard}")
+        if not np.array_equal(reply.env_ids, self.env_ids[self.shards[reply.shard]]):
             raise RuntimeError(f"manager {self.manager_id}: reply env ids do not match the request")
+        self._replies[reply.shard] = reply
+        return len(self._replies) == len(self.shards)
+
+    def _merged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if len(self.shards) == 1:
+            r = self._replies[0]
+            return r.actions, r.log_probs, r.values, np.full(self.n, r.version, dtype=np.int64)
+        parts = [self._replies[j] for j in range(len(self.shards))]
+        versions = np.concatenate([np.full(len(r.env_ids), r.version, dtype=np.int64) for r in parts])
+        return (
+            np.concatenate([r.actions for r in parts]),
+            np.concatenate([r.log_probs for r in parts]),
+            np.concatenate([r.values for r in parts]),
+            versions,
+        )
+
+    def apply(self, replies: ActionReply | list[ActionReply]) -> list[Segment]:
+        """Step the env with the replies to the pending request; return finished segments."""
+        for r in [replies] if isinstance(replies, ActionReply) else replies:
+            self.add_reply(r)
+        if len(self._replies) != len(self.shards):
+            raise RuntimeError(
+                f"manager {self.manager_id}: {len(self._replies)}/{len(self.shards)} shards answered"
+            )
+        actions, log_probs, values, versions = self._merged()
         self._pending = None
+        self._replies = {}
         out: list[Segment] = []
-        if not self.episode_mode and self.segment_len >= self.rollout_steps:
-            out.append(self.close(reply.values))
 
         valid = ~self._done
-        obs, reward, term, trunc, info = self.env.step(reply.actions)
+        obs, reward, term, trunc, info = self.env.step(actions)
         steps = np.asarray(info["steps"])
         done = (term | trunc) & valid
         b = self._buf
         b["obs"].append(self.obs)
-        b["actions"].append(np.asarray(reply.actions, dtype=np.float32))
-        b["log_probs"].append(np.asarray(reply.log_probs, dtype=np.float32))
-        b["values"].append(np.asarray(reply.values, dtype=np.float32))
+        b["actions"].append(np.asarray(actions, dtype=np.float32))
+        b["log_probs"].append(np.asarray(log_probs, dtype=np.float32))
+        b["values"].append(np.asarray(values, dtype=np.float32))
         b["rewards"].append(np.where(valid, reward, 0.0).astype(np.float32))
         b["dones"].append(done | ~valid)
         b["costs"].append(np.where(valid, info["cost"], 0.0).astype(np.float32))
-        b["versions"].append(np.full(self.n, reply.version, dtype=np.int64))
+        b["versions"].append(versions)
         b["valid"].append(valid)
         self._buf_env_steps += int(steps.sum())
+        self.env_steps_total += int(steps.sum())
 
         self._ep_return += np.where(valid, reward, 0.0)
         self._ep_len += steps
@@ -181,13 +254,14 @@ class EnvManager:
             if self._done.all():
                 out.append(self.close(np.zeros(self.n, dtype=np.float32)))
                 self.obs = self._reset_all()
-        elif done.any():
+            return out
+        if done.any():
             idx = np.flatnonzero(done)
             seeds, inits = self._draw(len(idx))
             obs, _ = self.env.reset(seed=seeds, options={"init_state": inits, "env_indices": idx.tolist()})
-            self.obs = obs
-        else:
-            self.obs = obs
+        self.obs = obs
+        if self.segment_len >= self.rollout_steps:
+            out.append(self.close())
         return out
 
     def shutdown(self) -> None:
@@ -195,23 +269,19 @@ class EnvManager:
 
 
 class EnvWorker:
-    """Holds M env managers; methods address a manager by index so one actor can serve many."""
+    """Holds M env managers; methods address a manager by id so one process can serve many."""
 
     def __init__(self, managers: list[EnvManager]) -> None:
         self.managers = {m.manager_id: m for m in managers}
 
-    def request(self, manager_id: int) -> ObsRequest:
-        return self.managers[manager_id].request()
-
-    def apply(self, reply: ActionReply) -> list[Segment]:
-        return self.managers[reply.manager_id].apply(reply)
-
-    def close(self, manager_id: int, bootstrap_values: np.ndarray) -> Segment:
-        return self.managers[manager_id].close(bootstrap_values)
-
-    def segment_len(self, manager_id: int) -> int:
-        return self.managers[manager_id].segment_len
-
     def shutdown(self) -> None:
         for m in self.managers.values():
             m.shutdown()
+
+    def stats(self) -> dict[str, int]:
+        ms = self.managers.values()
+        return {
+            "env_steps": sum(m.env_steps_total for m in ms),
+            "samples": sum(m.samples_total for m in ms),
+            "segments": sum(m.segments_total for m in ms),
+        }

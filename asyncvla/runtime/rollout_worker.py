@@ -40,6 +40,7 @@ class RolloutWorker:
                     log_probs=out.log_probs[sl],
                     values=out.values[sl],
                     version=out.version,
+                    shard=r.shard,
                 )
             )
             start += n

@@ -1,4 +1,17 @@
-"""Trainer: segments -> advantages -> minibatch PPO/GRPO updates -> published weights."""
+"""Trainer: segments -> advantages -> PPO/GRPO updates (with off-policy correction) -> a new version.
+
+Two ways through a global batch, same math:
+
+* ``train(segments)``: the batch is complete; E epochs of minibatch updates.
+* streaming (``stream_add`` per arriving segment, ``stream_finish`` at the end of the batch): the
+  first epoch runs forward/backward per micro-batch as soon as one is full and accumulates
+  gradients (each micro-batch's loss is weighted by its sample count; one optimizer step when the
+  batch is complete, partial last micro-batch included); epochs 2..E then run as above.
+
+Every sample carries its behaviour version v; the trainer at version u refuses (and counts) any
+with u - v > max_staleness. Stale samples are corrected as ``algo.off_policy`` says
+(``algos/offpolicy.py``); the proximal policy is the one the batch starts from (version u).
+"""
 
 from __future__ import annotations
 
@@ -10,26 +23,28 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from asyncvla.algos import compute_gae, grpo_advantages, ppo_loss
+from asyncvla.algos import compute_gae, correction, grpo_advantages, interpolated_proximal, ppo_loss
 from asyncvla.config import AlgoConfig
 from asyncvla.envs.base import ObsBatch
 from asyncvla.policies import Policy
 from asyncvla.runtime.types import Segment, concat_obs, take_obs
 
 
-def segment_advantages(seg: Segment, algo: AlgoConfig) -> tuple[np.ndarray, np.ndarray]:
+def segment_advantages(
+    seg: Segment, algo: AlgoConfig, bootstrap: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-decision advantages and value targets [T, n] for one segment.
 
-    PPO: GAE over the segment, bootstrapped with ``seg.bootstrap_value``.
+    PPO: GAE over the segment, bootstrapped with ``bootstrap`` = V(obs after the last decision).
     GRPO: every decision of an episode gets the group-normalized episode return; decisions of
-    groups with identical outcomes are marked invalid by the caller via ``keep``.
+    groups with identical outcomes are NaN (dropped when flattened).
     """
     if algo.name == "ppo":
         adv, ret = compute_gae(
             torch.from_numpy(seg.rewards),
             torch.from_numpy(seg.values),
             torch.from_numpy(seg.dones),
-            torch.from_numpy(seg.bootstrap_value),
+            torch.from_numpy(np.asarray(bootstrap, dtype=np.float32)),
             gamma=algo.gamma,
             lam=algo.gae_lambda,
         )
@@ -37,40 +52,82 @@ def segment_advantages(seg: Segment, algo: AlgoConfig) -> tuple[np.ndarray, np.n
     ep_return = (seg.rewards * seg.valid).sum(axis=0)
     adv, keep = grpo_advantages(torch.from_numpy(ep_return), torch.from_numpy(seg.group_ids))
     adv_tn = np.broadcast_to(adv.numpy()[None, :], seg.rewards.shape).copy()
-    adv_tn[:, ~keep.numpy()] = np.nan  # marks dropped groups; filtered in flatten
+    adv_tn[:, ~keep.numpy()] = np.nan
     return adv_tn, np.zeros_like(adv_tn)
 
 
-class Batch:
-    """Flat training samples: obs [N, ...], actions [N, K, A], behaviour log-probs/values, targets."""
+COLUMNS = ("actions", "log_probs", "values", "adv", "ret", "versions")
 
-    def __init__(self, segments: list[Segment], algo: AlgoConfig) -> None:
-        obs_parts, cols = [], {k: [] for k in ("actions", "log_probs", "values", "adv", "ret", "versions")}
-        for seg in segments:
-            adv, ret = segment_advantages(seg, algo)
-            keep = seg.valid.reshape(-1) & ~np.isnan(adv.reshape(-1))
-            idx = np.flatnonzero(keep)
-            obs_parts.append(take_obs(seg.flat_obs(), idx))
-            cols["actions"].append(seg.actions.reshape(-1, *seg.actions.shape[2:])[idx])
-            cols["log_probs"].append(seg.log_probs.reshape(-1, *seg.log_probs.shape[2:])[idx])
-            cols["values"].append(seg.values.reshape(-1)[idx])
-            cols["adv"].append(adv.reshape(-1)[idx])
-            cols["ret"].append(ret.reshape(-1)[idx])
-            cols["versions"].append(seg.versions.reshape(-1)[idx])
-        self.obs = concat_obs(obs_parts)
-        self.data = {k: np.concatenate(v) for k, v in cols.items()}
-        self.size = len(self.data["adv"])
 
-    def minibatch(self, idx: np.ndarray) -> tuple[ObsBatch, dict[str, torch.Tensor]]:
-        return take_obs(self.obs, idx), {k: torch.from_numpy(v[idx]) for k, v in self.data.items()}
+class Samples:
+    """Flat training samples: obs [N, ...] and columns actions [N, K, A], behaviour log-probs,
+    values, advantages, returns, versions (and, once computed, proximal log-probs ``prox``)."""
+
+    def __init__(self, obs: ObsBatch | None, data: dict[str, np.ndarray]) -> None:
+        self.obs = obs
+        self.data = data
+        self.size = len(data["adv"]) if data else 0
+
+    @classmethod
+    def empty(cls) -> Samples:
+        return cls(None, {})
+
+    @classmethod
+    def from_segment(
+        cls, seg: Segment, algo: AlgoConfig, bootstrap: np.ndarray, keep_mask: np.ndarray
+    ) -> Samples:
+        adv, ret = segment_advantages(seg, algo, bootstrap)
+        keep = seg.valid.reshape(-1) & ~np.isnan(adv.reshape(-1)) & keep_mask.reshape(-1)
+        idx = np.flatnonzero(keep)
+        data = {
+            "actions": seg.actions.reshape(-1, *seg.actions.shape[2:])[idx],
+            "log_probs": seg.log_probs.reshape(-1, *seg.log_probs.shape[2:])[idx],
+            "values": seg.values.reshape(-1)[idx],
+            "adv": adv.reshape(-1)[idx].astype(np.float32),
+            "ret": ret.reshape(-1)[idx].astype(np.float32),
+            "versions": seg.versions.reshape(-1)[idx],
+        }
+        return cls(take_obs(seg.flat_obs(), idx), data)
+
+    @staticmethod
+    def concat(parts: list[Samples]) -> Samples:
+        parts = [p for p in parts if p.size]
+        if not parts:
+            return Samples.empty()
+        if len(parts) == 1:
+            return parts[0]
+        keys = set.intersection(*(set(p.data) for p in parts))
+        return Samples(
+            concat_obs([p.obs for p in parts]), {k: np.concatenate([p.data[k] for p in parts]) for k in keys}
+        )
+
+    def take(self, idx: np.ndarray) -> Samples:
+        return Samples(take_obs(self.obs, idx), {k: v[idx] for k, v in self.data.items()})
+
+    def split(self, n: int) -> tuple[Samples, Samples]:
+        head, tail = np.arange(min(n, self.size)), np.arange(min(n, self.size), self.size)
+        return self.take(head), self.take(tail)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.data.items()}
 
 
 class Trainer:
-    def __init__(self, policy: Policy, algo: AlgoConfig, seed: int = 0) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        algo: AlgoConfig,
+        seed: int = 0,
+        max_staleness: int | None = None,
+        micro_batch: int | None = None,
+    ) -> None:
         self.policy = policy
         self.algo = algo
+        self.max_staleness = max_staleness
+        self.micro_batch = micro_batch or algo.minibatch_size
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=algo.lr, eps=1e-5)
         self.rng = np.random.default_rng(seed)
+        self._stream: dict[str, Any] | None = None
 
     @property
     def version(self) -> int:
@@ -79,51 +136,196 @@ class Trainer:
     def get_weights(self) -> tuple[int, dict[str, torch.Tensor]]:
         return self.policy.version, {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
 
-    def train(self, segments: list[Segment]) -> dict[str, float]:
-        """E epochs of minibatch updates over the segments; publishes one new version."""
+    # -- samples -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def bootstrap_values(self, seg: Segment) -> np.ndarray:
+        if seg.bootstrap_value is not None:
+            return seg.bootstrap_value
+        was = self.policy.training
+        self.policy.eval()
+        v = self.policy.act(seg.bootstrap_obs, deterministic=True).values
+        self.policy.train(was)
+        return np.where(seg.dones[-1], 0.0, v).astype(np.float32)
+
+    def samples(self, seg: Segment, stats: dict[str, Any]) -> Samples:
+        """Flatten a segment; refuse decisions beyond the staleness bound (counted, never trained)."""
+        gap = self.version - seg.versions
+        ok = np.ones_like(seg.valid)
+        if self.max_staleness is not None:
+            ok = gap <= self.max_staleness
+            bad = int((~ok & seg.valid).sum())
+            stats["rejected"] = stats.get("rejected", 0) + bad
+        for g in gap[seg.valid & ok].ravel():
+            stats.setdefault("gaps", {})
+            stats["gaps"][int(g)] = stats["gaps"].get(int(g), 0) + 1
+        stats["env_steps"] = stats.get("env_steps", 0) + seg.env_steps
+        for k in ("success", "return", "length"):
+            stats.setdefault("episodes_" + k, []).extend(seg.episodes[k])
+        return Samples.from_segment(seg, self.algo, self.bootstrap_values(seg), ok)
+
+    @torch.no_grad()
+    def _recompute_proximal(self, s: Samples) -> None:
+        """``prox`` = log-probs under the weights the batch starts from (behaviour if on-policy)."""
+        prox = s.data["log_probs"].copy()
+        stale = np.flatnonzero(s.data["versions"] != self.version)
+        if self.algo.off_policy != "none" and self.algo.proximal == "recompute":
+            was = self.policy.training
+            self.policy.eval()
+            for i in range(0, len(stale), self.micro_batch):
+                idx = stale[i : i + self.micro_batch]
+                sub = s.take(idx)
+                prox[idx] = self.policy.evaluate(
+                    sub.obs, torch.from_numpy(sub.data["actions"])
+                ).log_probs.numpy()
+            self.policy.train(was)
+        s.data["prox"] = prox
+
+    # -- the loss ----------------------------------------------------------------------------------
+    def _loss(self, mb: Samples, first_pass: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of a minibatch. ``first_pass``: no optimizer step has happened in this batch yet,
+        so the current weights *are* the proximal policy and their detached log-probs are stored
+        as ``mb.data["prox"]`` (the streamer's free recomputation)."""
         algo = self.algo
-        batch = Batch(segments, algo)
-        self.policy.train()
-        sums: dict[str, float] = {}
-        n_mb = 0
-        if batch.size > 0:
-            adv_all = batch.data["adv"]
-            if algo.normalize_advantages and algo.name == "ppo" and batch.size > 1:
-                batch.data["adv"] = ((adv_all - adv_all.mean()) / (adv_all.std() + 1e-8)).astype(np.float32)
-            for _ in range(algo.epochs):
-                perm = self.rng.permutation(batch.size)
-                for start in range(0, batch.size, algo.minibatch_size):
-                    obs, mb = batch.minibatch(perm[start : start + algo.minibatch_size])
-                    out = self.policy.evaluate(obs, mb["actions"])
-                    loss, m = ppo_loss(
-                        out.log_probs,
-                        mb["log_probs"],
-                        mb["adv"].float(),
-                        out.values,
-                        mb["values"],
-                        mb["ret"].float(),
-                        out.entropy,
-                        level=algo.logprob_level,
-                        clip_low=algo.clip_low,
-                        clip_high=algo.clip_high,
-                        value_clip=algo.value_clip,
-                        vf_coef=algo.vf_coef if algo.name == "ppo" else 0.0,
-                        ent_coef=algo.ent_coef,
-                    )
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    m["grad_norm"] = float(
-                        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), algo.max_grad_norm)
-                    )
-                    self.optimizer.step()
-                    for k, v in m.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    n_mb += 1
+        t = mb.tensors()
+        out = self.policy.evaluate(mb.obs, t["actions"])
+        adv = t["adv"].float()
+        if algo.normalize_advantages and algo.name == "ppo" and mb.size > 1:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        behaviour = t["log_probs"]
+        gap = (self.version - t["versions"]).clamp_min(0)
+        if algo.proximal == "interpolate":
+            prox = interpolated_proximal(behaviour, out.log_probs, gap)
+        elif first_pass:
+            stale = (gap > 0).reshape(-1, 1, 1)
+            prox = torch.where(stale, out.log_probs.detach(), behaviour)
+            mb.data["prox"] = prox.numpy().copy()
+        else:
+            prox = t["prox"]
+        old, is_w = correction(algo.off_policy, behaviour, prox, algo.is_cap)
+        loss, m = ppo_loss(
+            out.log_probs,
+            old,
+            adv,
+            out.values,
+            t["values"],
+            t["ret"].float(),
+            out.entropy,
+            level=algo.logprob_level,
+            clip_low=algo.clip_low,
+            clip_high=algo.clip_high,
+            value_clip=algo.value_clip,
+            vf_coef=algo.vf_coef if algo.name == "ppo" else 0.0,
+            ent_coef=algo.ent_coef,
+            is_weights=is_w,
+        )
+        if is_w is not None:
+            m["is_weight_mean"] = float(is_w.mean())
+        return loss, m
+
+    def _step(self) -> float:
+        norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.algo.max_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def _epochs(self, s: Samples, epochs: int, sums: dict[str, float], counts: dict[str, int]) -> None:
+        for _ in range(epochs):
+            perm = self.rng.permutation(s.size)
+            for start in range(0, s.size, self.algo.minibatch_size):
+                loss, m = self._loss(s.take(perm[start : start + self.algo.minibatch_size]))
+                loss.backward()
+                m["grad_norm"] = self._step()
+                _accumulate(sums, counts, m)
+
+    def _finish(
+        self, stats: dict[str, Any], size: int, sums: dict[str, float], counts: dict[str, int]
+    ) -> dict[str, Any]:
         self.policy.eval()
         self.policy.version += 1
-        metrics = {k: v / max(n_mb, 1) for k, v in sums.items()}
-        metrics["train_samples"] = float(batch.size)
+        metrics: dict[str, Any] = {k: sums[k] / counts[k] for k in sums}
+        gaps = stats.get("gaps", {})
+        total = sum(gaps.values())
+        metrics.update(
+            train_samples=float(size),
+            rejected_samples=float(stats.get("rejected", 0)),
+            staleness_mean=sum(g * c for g, c in gaps.items()) / total if total else 0.0,
+            staleness_max=float(max(gaps, default=0)),
+            staleness_hist={str(g): c for g, c in sorted(gaps.items())},
+            batch_env_steps=int(stats.get("env_steps", 0)),
+            episodes_success=stats.get("episodes_success", []),
+            episodes_return=stats.get("episodes_return", []),
+        )
         return metrics
+
+    # -- whole batch -------------------------------------------------------------------------------
+    def train(self, segments: list[Segment]) -> dict[str, Any]:
+        """E epochs of minibatch updates over the segments; publishes one new version."""
+        stats: dict[str, Any] = {}
+        s = Samples.concat([self.samples(seg, stats) for seg in segments])
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        if s.size:
+            self._recompute_proximal(s)
+            self.policy.train()
+            self.optimizer.zero_grad(set_to_none=True)
+            self._epochs(s, self.algo.epochs, sums, counts)
+        return self._finish(stats, s.size, sums, counts)
+
+    # -- streaming ---------------------------------------------------------------------------------
+    def stream_add(self, seg: Segment) -> int:
+        """Add an arriving segment; run forward/backward on every full micro-batch. Returns the
+        number of micro-batches run."""
+        if self._stream is None:
+            self._stream = {
+                "stats": {},
+                "pending": Samples.empty(),
+                "done": [],
+                "sums": {},
+                "counts": {},
+                "n": 0,
+            }
+            self.optimizer.zero_grad(set_to_none=True)
+        st = self._stream
+        st["pending"] = Samples.concat([st["pending"], self.samples(seg, st["stats"])])
+        ran = 0
+        while st["pending"].size >= self.micro_batch:
+            mb, st["pending"] = st["pending"].split(self.micro_batch)
+            self._stream_micro(mb)
+            ran += 1
+        return ran
+
+    def _stream_micro(self, mb: Samples) -> None:
+        st = self._stream
+        self.policy.train()
+        loss, m = self._loss(mb, first_pass=True)
+        (loss * mb.size).backward()  # summed over samples; divided by the batch size at the step
+        st["done"].append(mb)
+        st["n"] += mb.size
+        _accumulate(st["sums"], st["counts"], m)
+
+    def stream_finish(self) -> dict[str, Any]:
+        """The batch is complete: last (partial) micro-batch, the optimizer step, remaining epochs."""
+        st = self._stream or {
+            "stats": {},
+            "pending": Samples.empty(),
+            "done": [],
+            "sums": {},
+            "counts": {},
+            "n": 0,
+        }
+        if st["pending"].size:
+            self._stream_micro(st["pending"])
+        self._stream = None
+        if st["n"]:
+            for p in self.policy.parameters():
+                if p.grad is not None:
+                    p.grad /= st["n"]
+            st["sums"]["grad_norm"] = st["sums"].get("grad_norm", 0.0) + self._step()
+            st["counts"]["grad_norm"] = st["counts"].get("grad_norm", 0) + 1
+            if self.algo.epochs > 1:
+                s = Samples.concat(st["done"])
+                self._epochs(s, self.algo.epochs - 1, st["sums"], st["counts"])
+        return self._finish(st["stats"], st["n"], st["sums"], st["counts"])
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save_optimizer(self, directory: Path) -> None:
@@ -145,3 +347,9 @@ class Trainer:
             state.setdefault(int(pid), {})[name] = t
         groups = json.loads((directory / "optimizer.json").read_text())["param_groups"]
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _accumulate(sums: dict[str, float], counts: dict[str, int], m: dict[str, float]) -> None:
+    for k, v in m.items():
+        sums[k] = sums.get(k, 0.0) + v
+        counts[k] = counts.get(k, 0) + 1

@@ -21,6 +21,15 @@ class ObsRequest:
     env_ids: np.ndarray
     """int64 [n]: global env ids (routing key: every reply goes back to these envs)."""
     obs: ObsBatch
+    shard: int = 0
+    """Which part of the manager's envs (a manager may be split across rollout workers)."""
+    target_version: int | None = None
+    """The trainer version that trains this decision's segment; a rollout worker at version v
+    serves it only if ``target_version <= v + max_staleness`` (None: no bound, e.g. evaluation)."""
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.env_ids)
 
 
 @dataclass
@@ -36,6 +45,7 @@ class ActionReply:
     """float32 [n]."""
     version: int
     """Behaviour policy version."""
+    shard: int = 0
 
 
 @dataclass
@@ -66,8 +76,17 @@ class Segment:
     """bool [T, n]: False where the env was already done (episode-mode padding)."""
     env_steps: int
     """Actions executed by the simulator in this segment."""
-    bootstrap_value: np.ndarray
-    """float32 [n]: V(obs after the last decision); ignored where ``dones[-1]``."""
+    bootstrap_value: np.ndarray | None
+    """float32 [n]: V(obs after the last decision); ignored where ``dones[-1]``. None: the trainer
+    computes it from ``bootstrap_obs`` with the weights it trains with."""
+    bootstrap_obs: ObsBatch | None = None
+    """Observations after the last decision (arrays [n, ...])."""
+    target_version: int = 0
+    """Ticket: the trainer version (global batch) this segment is trained at."""
+    ticket_id: int = 0
+    closes_batch: bool = False
+    batch_tickets: int = 0
+    """If ``closes_batch``: the number of segments in its global batch."""
     group_ids: np.ndarray | None = None
     """int64 [n] (GRPO, episode mode): envs with the same id started from the same init state."""
     episodes: dict[str, list[float]] = field(

@@ -36,9 +36,10 @@ METRIC_KEYS = {
     "approx_kl",
     "loss_policy",
     "loss_value",
-    "time_env_s",
-    "time_rollout_s",
+    "time_update_s",
     "time_train_s",
+    "staleness_mean",
+    "staleness_hist",
 }
 
 
@@ -52,26 +53,40 @@ def _reply(req, k=2, version=0, value=0.5):
         log_probs=np.zeros((n, k, 3), np.float32),
         values=np.full(n, value, np.float32),
         version=version,
+        shard=req.shard,
     )
 
 
-def test_manager_closes_segment_with_next_reply_values():
+def test_manager_closes_segment_after_t_decisions_with_bootstrap_obs():
     m = EnvManager(0, "tabletop", 3, {"family": "reach"}, rollout_steps=2, seed=0)
     segs = []
-    for t in range(3):
-        segs += m.apply(_reply(m.request(), version=t, value=float(t)))
+    for t in range(2):
+        segs += m.apply(_reply(m.request()[0], version=t, value=float(t)))
     assert len(segs) == 1
     seg = segs[0]
     assert seg.actions.shape == (2, 3, 2, 3) and seg.obs["image"].shape[:2] == (2, 3)
-    # the bootstrap is the value the third reply gave for the observation after step 2
-    assert np.allclose(seg.bootstrap_value, 2.0)
+    # the trainer bootstraps from the observation after the last step (no further reply needed)
+    assert seg.bootstrap_value is None and np.array_equal(seg.bootstrap_obs["image"], m.obs["image"])
     assert seg.versions[:, 0].tolist() == [0, 1]
     assert seg.env_steps == 2 * 3 * 2  # no env finishes in 2 idle chunks of 2 actions
 
 
+def test_split_manager_steps_once_every_shard_answered():
+    m = EnvManager(0, "tabletop", 5, {"family": "reach"}, rollout_steps=1, seed=0, num_shards=2)
+    reqs = m.request()
+    assert [r.env_ids.tolist() for r in reqs] == [[0, 1, 2], [3, 4]]
+    assert np.array_equal(reqs[1].obs["image"], m.obs["image"][3:])
+    assert m.add_reply(_reply(reqs[1], version=4)) is False
+    with pytest.raises(RuntimeError, match="duplicate"):
+        m.add_reply(_reply(reqs[1], version=4))
+    assert m.add_reply(_reply(reqs[0], version=3)) is True
+    (seg,) = m.apply([])
+    assert seg.versions[0].tolist() == [3, 3, 3, 4, 4]
+
+
 def test_manager_rejects_reply_for_another_request():
     m = EnvManager(0, "tabletop", 2, {"family": "reach"}, rollout_steps=2, seed=0)
-    req = m.request()
+    (req,) = m.request()
     bad = _reply(req)
     bad.request_id += 1
     with pytest.raises(RuntimeError, match="expected request"):
@@ -94,7 +109,7 @@ def test_episode_mode_groups_share_init_state_and_close_when_all_done():
     assert not np.array_equal(img[0], img[2])
     segs = []
     while not segs:
-        segs = m.apply(_reply(m.request()))
+        segs = m.apply(_reply(m.request()[0]))
     seg = segs[0]
     assert seg.group_ids.tolist()[0] == seg.group_ids.tolist()[1] != seg.group_ids.tolist()[2]
     assert seg.dones[-1].all() and len(seg.episodes["return"]) == 4
@@ -142,7 +157,7 @@ def test_trainer_checkpoint_round_trip_gives_identical_updates(tmp_path):
     trainer = Trainer(policy, cfg.algo, seed=0)
     segs = []
     while not segs:
-        req = m.request()
+        (req,) = m.request()
         out = policy.act(req.obs)
         segs = m.apply(ActionReply(0, req.request_id, req.env_ids, out.actions, out.log_probs, out.values, 0))
     trainer.train(segs)

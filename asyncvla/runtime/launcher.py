@@ -1,0 +1,234 @@
+"""Start the workers on Ray, drive a run to its last update, and stop everything cleanly.
+
+A local Ray instance starts by itself (on loopback) unless ``runtime.address`` names a cluster.
+Sync and async are the same actors with different settings (``Config.schedule``): ``mode: sync``
+is eta = 0, lockstep managers and static batching, which is the barrier schedule.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from asyncvla.config import Config
+from asyncvla.policies import Policy
+from asyncvla.runtime import actors
+from asyncvla.runtime.placement import plan, shard_plan
+from asyncvla.runtime.weights import pack, unpack
+
+
+class WorkerError(RuntimeError):
+    """A worker failed; the message names the worker and the cause, once."""
+
+
+def init_ray(address: str | None) -> bool:
+    """Connect to ``address`` or start a local instance; True if this call started Ray."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=True)
+        return True
+    # Keep a local instance on loopback (see shared notes on Ray).
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(
+        num_cpus=os.cpu_count() or 1,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=True,
+        configure_logging=True,
+    )
+    return True
+
+
+def _error(e: BaseException) -> WorkerError:
+    cause = getattr(e, "cause", None) or e
+    lines = [ln for ln in str(cause).strip().splitlines() if ln.strip()]
+    return WorkerError(f"{type(cause).__name__}: {lines[-1] if lines else ''}")
+
+
+class Runtime:
+    """The actors of one run."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        policy: Policy,
+        policy_name: str,
+        run_path: Path | None,
+        state: dict[str, Any],
+        optimizer_dir: Path | None,
+    ) -> None:
+        self.cfg = cfg
+        switches, eta = cfg.schedule()
+        self.switches, self.eta = switches, eta
+        rt = cfg.runtime
+        places = plan(cfg)
+        weights = pack(policy.state_dict())
+        kwargs = policy.init_kwargs()
+        self.coordinator = (
+            ray.remote(actors.Coordinator)
+            .options(num_cpus=0)
+            .remote(cfg.global_batch(), policy.version, str(run_path / "events.jsonl") if run_path else None)
+        )
+        shards = shard_plan(cfg)
+        routes: dict[tuple[int, int], int] = {}
+        for m, workers in shards.items():
+            for j, w in enumerate(workers):
+                routes[(m, j)] = w
+        static = [[k for k, w in routes.items() if w == r] for r in range(rt.num_rollout_workers)]
+        self.rollouts = [
+            ray.remote(actors.RolloutServer)
+            .options(**places["rollout"].ray_options(), max_concurrency=1000)
+            .remote(
+                r,
+                policy_name,
+                kwargs,
+                weights,
+                policy.version,
+                rt.max_batch_samples,
+                rt.batch_timeout_ms,
+                None if switches.rollout else static[r],
+                eta,
+                self.coordinator,
+                places["rollout"].torch_threads,
+            )
+            for r in range(rt.num_rollout_workers)
+        ]
+        inflight = rt.queue_segments
+        self.trainer = (
+            ray.remote(actors.TrainerActor)
+            .options(
+                **places["trainer"].ray_options(), max_concurrency=4 + rt.num_env_workers * (inflight + 2)
+            )
+            .remote(
+                policy_name,
+                kwargs,
+                weights,
+                policy.version,
+                cfg.algo,
+                cfg.seed + state["update"],
+                eta,
+                switches.streamer,
+                cfg.algo.minibatch_size,
+                rt.queue_segments,
+                self.rollouts,
+                self.coordinator,
+                str(run_path) if run_path else None,
+                cfg.train.checkpoint_every,
+                {**state, "wall_s_start": state.get("wall_s", 0.0)},
+                str(optimizer_dir) if optimizer_dir else None,
+                cfg.train.eval_every,
+                places["trainer"].torch_threads,
+            )
+        )
+        episode_mode = cfg.algo.name == "grpo"
+        per_worker: list[list[dict[str, Any]]] = [[] for _ in range(rt.num_env_workers)]
+        for m in range(cfg.env.num_managers):
+            per_worker[m % rt.num_env_workers].append(
+                dict(
+                    manager_id=m,
+                    env_name=cfg.env.name,
+                    num_envs=cfg.env.num_envs,
+                    env_kwargs=cfg.env.kwargs,
+                    rollout_steps=cfg.train.rollout_steps,
+                    seed=cfg.seed * 1000 + state["update"],
+                    episode_mode=episode_mode,
+                    group_size=cfg.algo.group_size,
+                    num_shards=len(shards[m]),
+                )
+            )
+        self.env_workers = [
+            ray.remote(actors.EnvWorkerActor)
+            .options(**places["env"].ray_options(), max_concurrency=2)
+            .remote(
+                i,
+                specs,
+                routes,
+                self.rollouts,
+                self.trainer,
+                self.coordinator,
+                not switches.env,
+                inflight,
+                places["env"].torch_threads,
+            )
+            for i, specs in enumerate(per_worker)
+        ]
+        self.env_stats: list[dict[str, Any]] = []
+        self._env_refs: list[Any] = []
+
+    def run(self, updates: int, on_rows: Callable[[list[dict[str, Any]]], None]) -> dict[str, Any]:
+        self.coordinator.log.remote(
+            [
+                {
+                    "worker": "driver",
+                    "wseq": 0,
+                    "kind": "run_start",
+                    "t": time.time(),
+                    "mode": self.cfg.mode,
+                    "max_staleness": self.eta,
+                }
+            ]
+        )
+        env_refs = self._env_refs = [w.run.remote() for w in self.env_workers]
+        trainer_ref = self.trainer.run.remote(updates)
+        names = {trainer_ref: "trainer", **{r: f"env{i}" for i, r in enumerate(env_refs)}}
+        result = None
+        while result is None:
+            ready, _ = ray.wait([trainer_ref, *env_refs], num_returns=1, timeout=0.25)
+            on_rows(ray.get(self.trainer.pop_rows.remote()))
+            for ref in ready:
+                try:
+                    out = ray.get(ref)
+                except (ray.exceptions.RayError, KeyboardInterrupt) as e:
+                    raise _error(e) from None if not isinstance(e, KeyboardInterrupt) else e
+                if ref is trainer_ref:
+                    result = out
+                else:
+                    raise WorkerError(f"{names[ref]} stopped before the trainer finished")
+        on_rows(ray.get(self.trainer.pop_rows.remote()))
+        self.stop_envs()
+        return result
+
+    def stop_envs(self, timeout: float = 30.0) -> None:
+        for w in self.env_workers:
+            w.stop.remote()
+        try:
+            self.env_stats = ray.get(self._env_refs, timeout=timeout)
+        except ray.exceptions.RayError as e:
+            raise _error(e) from None
+
+    def accounting(self) -> dict[str, Any]:
+        return ray.get(self.trainer.accounting.remote())
+
+    def rollout_stats(self) -> list[dict[str, Any]]:
+        return ray.get([r.stats.remote() for r in self.rollouts])
+
+    def shutdown(self) -> None:
+        """Stop every actor: no orphan processes, the event log flushed and closed."""
+        for w in self.env_workers:
+            try:
+                w.stop.remote()
+            except Exception:
+                pass
+        try:
+            self.trainer.stop.remote()
+            ray.get([r.stats.remote() for r in self.rollouts], timeout=5)
+            ray.get(self.coordinator.close.remote(), timeout=5)
+        except Exception:
+            pass
+        for a in [*self.env_workers, *self.rollouts, self.trainer, self.coordinator]:
+            try:
+                ray.kill(a)
+            except Exception:
+                pass
+
+
+def load_weights(policy: Policy, result: dict[str, Any]) -> None:
+    policy.load_state_dict(unpack(result["weights"]))
+    policy.version = int(result["version"])

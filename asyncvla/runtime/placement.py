@@ -1,0 +1,63 @@
+"""Placement: which resources each worker kind asks Ray for, and how many torch threads it uses.
+
+On a CPU machine the threads are what matters: ``colocated`` lets rollout and trainer each use
+every core (they share the device, and in sync mode they take turns); ``disaggregated`` divides
+the cores (rollout workers one thread each, the trainer the rest); ``hybrid`` gives rollout
+workers one thread each and the trainer every core (the trainer spreads over the cores the
+rollout leaves idle). Explicit ``torch_threads`` win. Rollout and env workers wait passively
+(``OMP_WAIT_POLICY=PASSIVE``) so their idle threads never spin on a core the trainer needs. GPUs are Ray ``num_gpus``
+(fractions share a device; colocated rollout + trainer on one GPU is e.g. 0.5 + 0.5).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from asyncvla.config import Config, Resources
+
+
+@dataclass(frozen=True)
+class WorkerPlacement:
+    num_cpus: float
+    num_gpus: float
+    torch_threads: int
+
+    passive: bool = False
+
+    def ray_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.passive:
+            opts["runtime_env"] = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
+        return opts
+
+
+def plan(cfg: Config, cores: int | None = None) -> dict[str, WorkerPlacement]:
+    cores = max(1, cores or os.cpu_count() or 1)
+    rt = cfg.runtime
+    if rt.placement == "colocated":
+        auto = {"env": 1, "rollout": cores, "trainer": cores}
+    elif rt.placement == "hybrid":
+        auto = {"env": 1, "rollout": 1, "trainer": cores}
+    else:
+        auto = {"env": 1, "rollout": 1, "trainer": max(1, cores - rt.num_rollout_workers)}
+
+    def one(kind: str, res: Resources) -> WorkerPlacement:
+        return WorkerPlacement(res.cpus, res.gpus, res.torch_threads or auto[kind], passive=kind != "trainer")
+
+    return {
+        "env": one("env", rt.env),
+        "rollout": one("rollout", rt.rollout),
+        "trainer": one("trainer", rt.trainer),
+    }
+
+
+def shard_plan(cfg: Config) -> dict[int, list[int]]:
+    """Manager id -> the rollout workers serving its envs (split evenly if several)."""
+    rt = cfg.runtime
+    if isinstance(rt.sharding, dict):
+        return {
+            m: list(rt.sharding.get(m, [m % rt.num_rollout_workers])) for m in range(cfg.env.num_managers)
+        }
+    return {m: [m % rt.num_rollout_workers] for m in range(cfg.env.num_managers)}
