@@ -40,12 +40,16 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --run-dir from its latest checkpoint."
     ),
+    address: str | None = typer.Option(
+        None, "--address", help="Join a Ray cluster (auto or HOST:PORT) instead of starting one."
+    ),
 ) -> None:
-    """Fine-tune a policy with RL (PPO or GRPO)."""
+    """Fine-tune a policy with RL (PPO or GRPO), sync or async (``mode=``)."""
     from asyncvla.rundir import default_run_dir
+    from asyncvla.runtime.launcher import WorkerError
     from asyncvla.train import train as run_train
 
-    cfg = _config(config, overrides)
+    cfg = _config(config, [*(overrides or []), *([f"runtime.address={address}"] if address else [])])
     if resume and run_dir is None:
         _fail(ValueError("--resume needs --run-dir"))
     path = run_dir or default_run_dir(cfg)
@@ -53,10 +57,42 @@ def train(
         summary = run_train(cfg, path, resume=resume, console=console)
     except (ConfigError, FileExistsError, FileNotFoundError) as e:
         _fail(e)
+    except WorkerError as e:
+        print(f"error: a worker failed: {e}", file=sys.stderr)
+        raise typer.Exit(code=1) from None
+    except KeyboardInterrupt:
+        print("interrupted: all workers stopped", file=sys.stderr)
+        raise typer.Exit(code=130) from None
     console.print_json(json.dumps(summary))
     console.print(
         f"run directory: [bold]{path}[/bold]  (summary.json, metrics.jsonl, curves.png, checkpoints/)"
     )
+
+
+@app.command()
+def compare(
+    config: Path = typer.Argument(..., help="YAML config file."),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides for both runs"),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output directory (default runs/<name>-compare-<time>)."
+    ),
+    address: str | None = typer.Option(None, "--address", help="Join a Ray cluster (auto or HOST:PORT)."),
+) -> None:
+    """Run the same config in sync and in async mode from one SFT start and compare them."""
+    import time
+
+    from asyncvla.runtime.launcher import WorkerError
+    from asyncvla.train import compare as run_compare
+
+    cfg = _config(config, [*(overrides or []), *([f"runtime.address={address}"] if address else [])])
+    path = out or Path("runs") / f"{cfg.name}-compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        run_compare(cfg, path, console=console)
+    except (ConfigError, FileExistsError, FileNotFoundError) as e:
+        _fail(e)
+    except WorkerError as e:
+        print(f"error: a worker failed: {e}", file=sys.stderr)
+        raise typer.Exit(code=1) from None
 
 
 @app.command()

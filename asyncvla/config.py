@@ -134,8 +134,8 @@ class AsyncSwitches(_Strict):
 
 
 class Resources(_Strict):
-    cpus: float = Field(0.5, ge=0.0)
-    """Logical Ray CPUs reserved per worker (scheduling only)."""
+    cpus: float = Field(0.0, ge=0.0)
+    """Logical Ray CPUs reserved per worker (scheduling only; 0 fits anywhere, as on a laptop)."""
     gpus: float = Field(0.0, ge=0.0)
     """Ray GPUs per worker (fractions share a device)."""
     torch_threads: int = Field(0, ge=0)
@@ -164,9 +164,16 @@ class RuntimeConfig(_Strict):
     """colocated: rollout and trainer share a device (on CPU: all cores each); disaggregated:
     separate devices (on CPU: the cores are divided); hybrid: env workers share the rollout
     workers' cores, the trainer has its own."""
-    env: Resources = Field(default_factory=lambda: Resources(cpus=0.25, torch_threads=1))
+    env: Resources = Field(default_factory=Resources)
     rollout: Resources = Field(default_factory=Resources)
-    trainer: Resources = Field(default_factory=lambda: Resources(cpus=1.0))
+    trainer: Resources = Field(default_factory=Resources)
+    passive_threads: bool = True
+    """Workers' OpenMP threads sleep when idle (``OMP_WAIT_POLICY=PASSIVE``) instead of spinning, so
+    stages that share cores do not steal them from each other while waiting."""
+    start_timeout_s: float = Field(180.0, gt=0.0)
+    """Every actor must be placed and constructed within this time, else the run fails naming them."""
+    stall_timeout_s: float = Field(900.0, gt=0.0)
+    """Watchdog: the run fails (all workers stopped) if no update completes for this long."""
     address: str | None = None
     """Ray cluster to join (``auto`` or HOST:PORT); None starts a local instance."""
 

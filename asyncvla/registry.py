@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -25,11 +26,21 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> Callable[..., T]:
+        """The factory registered as ``name``; ``"package.module:attr"`` imports a plug-in instead
+        (a user's own module, importable on every worker), with no registry line at all."""
+        if name not in self._factories and ":" in name:
+            module, _, attr = name.partition(":")
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as e:
+                raise KeyError(f"{self.kind} plug-in {name!r} cannot be imported: {e}") from None
         try:
             return self._factories[name]
         except KeyError:
             allowed = ", ".join(sorted(self._factories)) or "(none)"
-            raise KeyError(f"unknown {self.kind} {name!r}; registered: {allowed}") from None
+            raise KeyError(
+                f"unknown {self.kind} {name!r}; registered: {allowed} (or a plug-in, package.module:attr)"
+            ) from None
 
     def names(self) -> list[str]:
         return sorted(self._factories)

@@ -268,3 +268,88 @@ def train(
     run.plot_curves()
     run.close()
     return summary
+
+
+def compare(cfg: Config, out: Path, console: Console | None = None) -> dict[str, Any]:
+    """Sync vs async on one config: both start from the same SFT checkpoint and run the same
+    number of updates (hence the same env steps); prints and writes ``compare.json``."""
+    from rich.table import Table
+
+    console = console or Console()
+    out = Path(out)
+    if (out / "compare.json").exists():
+        raise FileExistsError(f"{out} already holds a comparison; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    base = cfg.model_copy(deep=True)
+    if base.train.init == "sft":
+        torch.manual_seed(base.seed)
+        probe = probe_env(base)
+        policy = build_policy(base, probe)
+        probe.close()
+        sft_dir = out / "sft"
+        run_sft(base, policy, sft_dir, console)
+        base.train.init = str(sft_dir)
+    runs: dict[str, dict[str, Any]] = {}
+    for mode in ("sync", "async"):
+        c = base.model_copy(deep=True)
+        c.mode = mode
+        console.rule(f"{mode} run")
+        runs[mode] = train(c, out / mode, console=console)
+    s, a = runs["sync"], runs["async"]
+    result = {
+        "config": cfg.name,
+        "sync": {k: s[k] for k in _COMPARE_KEYS},
+        "async": {k: a[k] for k in _COMPARE_KEYS},
+        "async_over_sync_throughput": a["env_steps_per_s"] / s["env_steps_per_s"],
+        "async_over_sync_wall": a["wall_s"] / s["wall_s"],
+        "success_gap": a["final_success_rate"] - s["final_success_rate"],
+        "env_steps_ratio": a["env_steps"] / s["env_steps"],
+    }
+    result["checks"] = {
+        "async success >= sync - 0.03": result["success_gap"] >= -0.03,
+        "async env steps <= 1.1 x sync": result["env_steps_ratio"] <= 1.1,
+        "async wall time < sync": a["wall_s"] < s["wall_s"],
+    }
+    (out / "compare.json").write_text(json.dumps(result, indent=2))
+    table = Table(title=f"sync vs async: {cfg.name}")
+    for col in (
+        "mode",
+        "final success",
+        "sft success",
+        "env steps",
+        "RL wall s",
+        "env steps/s",
+        "staleness max",
+    ):
+        table.add_column(col)
+    for mode, r in runs.items():
+        table.add_row(
+            mode,
+            f"{r['final_success_rate']:.2f}",
+            f"{r['sft_success_rate']:.2f}",
+            str(r["env_steps"]),
+            f"{r['wall_s']:.1f}",
+            f"{r['env_steps_per_s']:.0f}",
+            str(r["max_staleness"]),
+        )
+    console.print(table)
+    console.print(
+        f"async/sync throughput {result['async_over_sync_throughput']:.2f}x, "
+        f"success gap {result['success_gap']:+.2f}, env steps ratio {result['env_steps_ratio']:.2f}"
+    )
+    for name, ok in result["checks"].items():
+        console.print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    console.print(f"written: {out / 'compare.json'}")
+    return result
+
+
+_COMPARE_KEYS = (
+    "final_success_rate",
+    "sft_success_rate",
+    "env_steps",
+    "env_steps_collected",
+    "wall_s",
+    "env_steps_per_s",
+    "max_staleness",
+    "samples_rejected",
+)

@@ -40,6 +40,9 @@ class Coordinator:
         self.gate = StalenessGate(batch_samples, start_version)
         self.writer = EventWriter(Path(events_path) if events_path else None)
 
+    def ping(self) -> str:
+        return "coordinator"
+
     def acquire(self, samples: list[int]) -> list[Ticket]:
         return [self.gate.acquire(n) for n in samples]
 
@@ -83,6 +86,9 @@ class EnvWorkerActor:
         self._stop = threading.Event()
         self.shipped: list[tuple[int, int, int]] = []
         """(manager, segment id, samples) of every segment sent to the trainer."""
+
+    def ping(self) -> str:
+        return self.name
 
     def _tickets(self, ms: list[Any]) -> None:
         need = [m for m in ms if m.needs_ticket]
@@ -129,10 +135,12 @@ class EnvWorkerActor:
             if self.lockstep:
                 ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.2)
                 if len(ready) < len(pending):
+                    self.events.tick()
                     continue
             else:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.2)
             if not ready:
+                self.events.tick()
                 continue
             complete = []
             for ref, reply in zip(ready, ray.get(ready), strict=True):
@@ -203,6 +211,9 @@ class RolloutServer:
         self.served = 0
         self.batches = 0
         self.adopted: list[int] = []
+
+    async def ping(self) -> str:
+        return self.name
 
     def _start(self) -> None:
         if self._task is None:
@@ -283,8 +294,9 @@ class RolloutServer:
                 self.served += n
                 self.batches += 1
                 continue
+            self.events.tick()
             deadline = self.batcher.deadline()
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            timeout = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except asyncio.TimeoutError:
@@ -358,6 +370,9 @@ class TrainerActor:
         self.recent_success: deque[float] = deque(maxlen=100)
         self.recent_return: deque[float] = deque(maxlen=100)
 
+    def ping(self) -> str:
+        return self.name
+
     def put_segment(self, seg: Segment) -> None:
         """Blocks while the queue is full: backpressure on the env workers. After the run it
         accepts everything (as leftover) so no sender stays blocked."""
@@ -396,6 +411,7 @@ class TrainerActor:
             try:
                 seg = self.q.get(timeout=0.2)
             except queue.Empty:
+                self.events.tick()
                 continue
             with self._lock:
                 self.received.append((seg.manager_id, seg.segment_id, seg.num_samples))
@@ -439,13 +455,7 @@ class TrainerActor:
         self._draining.set()
         with self._lock:
             self.leftover.extend([s for v in buffered.values() for s in v] + segments)
-            while True:
-                try:
-                    seg = self.q.get_nowait()
-                except queue.Empty:
-                    break
-                self.received.append((seg.manager_id, seg.segment_id, seg.num_samples))
-                self.leftover.append(seg)
+        self._drain()
         self.events.flush()
         final = pack(self.trainer.policy.state_dict())
         return {"version": self.trainer.version, "updates": self.state["update"], "weights": final}
@@ -498,7 +508,20 @@ class TrainerActor:
     def stop(self) -> None:
         self._stop.set()
 
+    def _drain(self) -> None:
+        """Move whatever is still queued (a put may land just after the run ends) to leftover."""
+        with self._lock:
+            while True:
+                try:
+                    seg = self.q.get_nowait()
+                except queue.Empty:
+                    break
+                self.received.append((seg.manager_id, seg.segment_id, seg.num_samples))
+                self.leftover.append(seg)
+
     def accounting(self) -> dict[str, Any]:
+        """Call after the env workers have stopped (their puts have all returned)."""
+        self._drain()
         with self._lock:
             return {
                 "received": list(self.received),

@@ -49,6 +49,11 @@ class EventBuffer:
         if len(self._buf) >= 512 or time.monotonic() - self._last > self.flush_every_s:
             self.flush()
 
+    def tick(self) -> None:
+        """Flush if the oldest buffered event is older than ``flush_every_s`` (call when idle)."""
+        if self._buf and time.monotonic() - self._last > self.flush_every_s:
+            self.flush()
+
     def flush(self) -> None:
         if self._buf:
             batch, self._buf = self._buf, []

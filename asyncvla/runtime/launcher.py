@@ -161,6 +161,23 @@ class Runtime:
         ]
         self.env_stats: list[dict[str, Any]] = []
         self._env_refs: list[Any] = []
+        self._wait_ready(places)
+
+    def _wait_ready(self, places: dict[str, Any]) -> None:
+        everyone = [self.coordinator, *self.rollouts, self.trainer, *self.env_workers]
+        refs = [a.ping.remote() for a in everyone]
+        ready, missing = ray.wait(refs, num_returns=len(refs), timeout=self.cfg.runtime.start_timeout_s)
+        try:
+            ray.get(ready)
+        except ray.exceptions.RayError as e:
+            raise _error(e) from None
+        if missing:
+            wanted = {k: (p.num_cpus, p.num_gpus) for k, p in places.items()}
+            raise WorkerError(
+                f"{len(missing)} of {len(refs)} workers were not placed within "
+                f"{self.cfg.runtime.start_timeout_s:.0f} s; requested (cpus, gpus) per worker {wanted}, "
+                f"cluster has {ray.cluster_resources()}"
+            )
 
     def run(self, updates: int, on_rows: Callable[[list[dict[str, Any]]], None]) -> dict[str, Any]:
         self.coordinator.log.remote(
@@ -179,14 +196,22 @@ class Runtime:
         trainer_ref = self.trainer.run.remote(updates)
         names = {trainer_ref: "trainer", **{r: f"env{i}" for i, r in enumerate(env_refs)}}
         result = None
+        last_progress = time.monotonic()
         while result is None:
             ready, _ = ray.wait([trainer_ref, *env_refs], num_returns=1, timeout=0.25)
-            on_rows(ray.get(self.trainer.pop_rows.remote()))
+            rows = ray.get(self.trainer.pop_rows.remote())
+            if rows:
+                last_progress = time.monotonic()
+                on_rows(rows)
+            elif time.monotonic() - last_progress > self.cfg.runtime.stall_timeout_s:
+                raise WorkerError(
+                    f"no update finished for {self.cfg.runtime.stall_timeout_s:.0f} s (stalled)"
+                )
             for ref in ready:
                 try:
                     out = ray.get(ref)
-                except (ray.exceptions.RayError, KeyboardInterrupt) as e:
-                    raise _error(e) from None if not isinstance(e, KeyboardInterrupt) else e
+                except ray.exceptions.RayError as e:
+                    raise _error(e) from None
                 if ref is trainer_ref:
                     result = out
                 else:

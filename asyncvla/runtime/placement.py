@@ -4,8 +4,8 @@ On a CPU machine the threads are what matters: ``colocated`` lets rollout and tr
 every core (they share the device, and in sync mode they take turns); ``disaggregated`` divides
 the cores (rollout workers one thread each, the trainer the rest); ``hybrid`` gives rollout
 workers one thread each and the trainer every core (the trainer spreads over the cores the
-rollout leaves idle). Explicit ``torch_threads`` win. Rollout and env workers wait passively
-(``OMP_WAIT_POLICY=PASSIVE``) so their idle threads never spin on a core the trainer needs. GPUs are Ray ``num_gpus``
+rollout leaves idle). Explicit ``torch_threads`` win. With ``passive_threads`` idle OpenMP threads sleep instead of
+spinning on cores another stage needs. GPUs are Ray ``num_gpus``
 (fractions share a device; colocated rollout + trainer on one GPU is e.g. 0.5 + 0.5).
 """
 
@@ -44,7 +44,7 @@ def plan(cfg: Config, cores: int | None = None) -> dict[str, WorkerPlacement]:
         auto = {"env": 1, "rollout": 1, "trainer": max(1, cores - rt.num_rollout_workers)}
 
     def one(kind: str, res: Resources) -> WorkerPlacement:
-        return WorkerPlacement(res.cpus, res.gpus, res.torch_threads or auto[kind], passive=kind != "trainer")
+        return WorkerPlacement(res.cpus, res.gpus, res.torch_threads or auto[kind], rt.passive_threads)
 
     return {
         "env": one("env", rt.env),

@@ -1,15 +1,24 @@
 import os
+from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[2]
 
-@pytest.fixture(scope="session", autouse=True)
+
+@pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray instance (loopback) for the runtime tests; runs reuse it."""
+    """A local Ray instance (loopback) shared by the runs of one test module.
+
+    Workers import plug-ins from the repository (``tests.runtime.faulty``) through PYTHONPATH.
+    """
     import ray
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(ROOT) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *paths])
     started = False
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")

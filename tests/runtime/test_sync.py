@@ -11,6 +11,8 @@ from asyncvla.runtime.trainer import Trainer
 from asyncvla.runtime.types import ActionReply
 from asyncvla.train import build_policy, probe_env, train
 
+pytestmark = pytest.mark.usefixtures("ray_local")
+
 TINY = [
     "env.num_envs=4",
     "env.num_managers=2",
