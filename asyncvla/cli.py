@@ -45,6 +45,9 @@ def train(
     ),
 ) -> None:
     """Fine-tune a policy with RL (PPO or GRPO), sync or async (``mode=``)."""
+    from asyncvla.runtime.rayenv import prepare_ray_env
+
+    prepare_ray_env(address)
     from asyncvla.rundir import default_run_dir
     from asyncvla.runtime.launcher import WorkerError
     from asyncvla.train import train as run_train
@@ -81,6 +84,9 @@ def compare(
     """Run the same config in sync and in async mode from one SFT start and compare them."""
     import time
 
+    from asyncvla.runtime.rayenv import prepare_ray_env
+
+    prepare_ray_env(address)
     from asyncvla.runtime.launcher import WorkerError
     from asyncvla.train import compare as run_compare
 

@@ -229,6 +229,10 @@ def train(
                     )
                     state.update(update=row["update"], env_steps=row["env_steps"], wall_s=row["wall_s"])
 
+            ray_info = {
+                "address": ray.get_runtime_context().gcs_address,
+                "joined": cfg.runtime.address is not None,
+            }
             runtime = Runtime(cfg, policy, cfg.policy.name, run.path, state, ckpt)
             result = runtime.run(cfg.train.updates - state["update"], on_rows)
         load_weights(policy, result)
@@ -253,6 +257,7 @@ def train(
         "samples_rejected": acc["rejected_samples"],
         "samples_collected_untrained": acc["leftover_samples"],
         "rollout_batches": sum(r["batches"] for r in rollout_stats),
+        "ray": ray_info,
         "wall_s": state["wall_s"],
         "env_steps_per_s": state["env_steps"] / max(state["wall_s"], 1e-9),
         "sft_success_rate": state.get("sft_success_rate"),

@@ -19,6 +19,7 @@ from asyncvla.config import Config
 from asyncvla.policies import Policy
 from asyncvla.runtime import actors
 from asyncvla.runtime.placement import plan, shard_plan
+from asyncvla.runtime.rayenv import prepare_ray_env
 from asyncvla.runtime.weights import pack, unpack
 
 
@@ -30,12 +31,10 @@ def init_ray(address: str | None) -> bool:
     """Connect to ``address`` or start a local instance; True if this call started Ray."""
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    prepare_ray_env(address)  # effective here only if ray was not imported yet: the CLI calls it first
     if address:
         ray.init(address=address, logging_level="ERROR", log_to_driver=True)
         return True
-    # Keep a local instance on loopback (see shared notes on Ray).
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(
         num_cpus=os.cpu_count() or 1,
         include_dashboard=False,
