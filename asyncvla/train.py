@@ -298,6 +298,8 @@ def compare(cfg: Config, out: Path, console: Console | None = None) -> dict[str,
     for mode in ("sync", "async"):
         c = base.model_copy(deep=True)
         c.mode = mode
+        if mode == "sync":
+            c.runtime.placement = "colocated"  # the honest baseline: every stage gets every core in turn
         console.rule(f"{mode} run")
         runs[mode] = train(c, out / mode, console=console)
     s, a = runs["sync"], runs["async"]
