@@ -56,6 +56,8 @@ class AlgoConfig(_Strict):
     epochs: int = Field(4, ge=1)
     minibatch_size: int = Field(256, ge=1)
     lr: float = Field(3e-4, gt=0.0)
+    anneal_lr: bool = True
+    """Decay the learning rate linearly to 0 over ``train.updates`` (CleanRL's PPO default)."""
     max_grad_norm: float = Field(1.0, gt=0.0)
     normalize_advantages: bool = True
     """Normalize advantages per minibatch (CleanRL); GRPO advantages are group-normalized already."""

@@ -220,6 +220,7 @@ def train(
                             "success_rate"
                         ]
                     row["env_steps_per_s"] = row["env_steps"] / max(row["wall_s"], 1e-9)
+                    row["decisions_per_s"] = row["decisions"] / max(row["wall_s"], 1e-9)
                     run.log(row)
                     prog.update(
                         task,
@@ -260,6 +261,7 @@ def train(
         "ray": ray_info,
         "wall_s": state["wall_s"],
         "env_steps_per_s": state["env_steps"] / max(state["wall_s"], 1e-9),
+        "decisions_per_s": acc["state"].get("decisions", 0) / max(state["wall_s"], 1e-9),
         "sft_success_rate": state.get("sft_success_rate"),
         "final_success_rate": final["success_rate"],
         "final_episode_return": final["episode_return"],
@@ -352,6 +354,7 @@ def compare(cfg: Config, out: Path, console: Console | None = None) -> dict[str,
 
 _COMPARE_KEYS = (
     "final_success_rate",
+    "samples_trained",
     "sft_success_rate",
     "env_steps",
     "env_steps_collected",

@@ -336,6 +336,7 @@ class TrainerActor:
         optimizer_dir: str | None,
         eval_every: int,
         torch_threads: int,
+        total_updates: int,
     ) -> None:
         from asyncvla.policies import make_policy
         from asyncvla.runtime.trainer import Trainer
@@ -352,6 +353,8 @@ class TrainerActor:
         if optimizer_dir:
             self.trainer.load_optimizer(Path(optimizer_dir))
         self.streamer = streamer
+        self.total_updates = total_updates
+        self._anneal()
         self.q: queue.Queue[Segment] = queue.Queue(maxsize=queue_segments)
         self.rollouts = rollouts
         self.events = EventBuffer(self.name, lambda ev: coordinator.log.remote(ev))
@@ -372,6 +375,10 @@ class TrainerActor:
 
     def ping(self) -> str:
         return self.name
+
+    def _anneal(self) -> None:
+        if self.trainer.algo.anneal_lr:
+            self.trainer.set_lr_fraction(max(0.0, 1.0 - self.state["update"] / self.total_updates))
 
     def put_segment(self, seg: Segment) -> None:
         """Blocks while the queue is full: backpressure on the env workers. After the run it
@@ -464,6 +471,7 @@ class TrainerActor:
         st = self.state
         st["update"] += 1
         st["env_steps"] += metrics.pop("batch_env_steps")
+        st["decisions"] = st.get("decisions", 0) + int(metrics["train_samples"])
         st["wall_s"] = st.get("wall_s_start", 0.0) + elapsed
         self.recent_success.extend(metrics.pop("episodes_success"))
         self.recent_return.extend(metrics.pop("episodes_return"))
@@ -471,6 +479,7 @@ class TrainerActor:
             "update": st["update"],
             "policy_version": self.trainer.version,
             "env_steps": st["env_steps"],
+            "decisions": st["decisions"],
             "wall_s": st["wall_s"],
             "success_rate": float(np.mean(self.recent_success)) if self.recent_success else 0.0,
             "episode_return": float(np.mean(self.recent_return)) if self.recent_return else 0.0,
@@ -478,6 +487,7 @@ class TrainerActor:
             "time_update_s": dt,
             "time_train_s": busy,
             "trainer_busy_frac": busy / dt if dt > 0 else 0.0,
+            "lr": self.trainer.optimizer.param_groups[0]["lr"],
             **metrics,
         }
         if self.eval_every and st["update"] % self.eval_every == 0:

@@ -124,6 +124,7 @@ class Runtime:
                 str(optimizer_dir) if optimizer_dir else None,
                 cfg.train.eval_every,
                 places["trainer"].torch_threads,
+                cfg.train.updates,
             )
         )
         episode_mode = cfg.algo.name == "grpo"

@@ -136,6 +136,11 @@ class Trainer:
     def get_weights(self) -> tuple[int, dict[str, torch.Tensor]]:
         return self.policy.version, {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
 
+    def set_lr_fraction(self, frac: float) -> None:
+        """Learning rate = ``algo.lr * frac`` (linear annealing: frac = 1 - done / total)."""
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.algo.lr * frac
+
     # -- samples -----------------------------------------------------------------------------------
     @torch.no_grad()
     def bootstrap_values(self, seg: Segment) -> np.ndarray:

@@ -192,3 +192,18 @@ def test_rollout_batches_answer_each_request_with_its_own_observations():
         alone = worker.infer([req])[0]
         assert rep.manager_id == req.manager_id and np.array_equal(rep.env_ids, req.env_ids)
         np.testing.assert_allclose(rep.values, alone.values, atol=1e-5)
+
+
+def test_compare_runs_sync_and_async_from_one_start(tmp_path):
+    from asyncvla.train import compare
+
+    result = compare(load_config(None, [*BASE, "train.updates=2"]), tmp_path / "cmp")
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert saved["sync"]["max_staleness"] == 0 and saved["async"]["max_staleness"] == 1
+    # same updates of the same global batch: the same decisions (env steps differ only where
+    # episodes end inside a chunk)
+    assert saved["sync"]["samples_trained"] == saved["async"]["samples_trained"] == 2 * 36
+    assert 0.8 < saved["env_steps_ratio"] < 1.25
+    assert set(saved["checks"]) == set(result["checks"]) and len(saved["checks"]) == 3
+    assert (tmp_path / "cmp" / "sync" / "summary.json").is_file()
+    assert (tmp_path / "cmp" / "async" / "events.jsonl").is_file()

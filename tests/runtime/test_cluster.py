@@ -69,3 +69,49 @@ def test_train_joins_a_running_cluster_by_address(cluster, tmp_path):
     assert summary["updates"] == 2 and summary["mode"] == "async"
     # the driver joined this cluster (its GCS address), it did not start a local instance
     assert summary["ray"] == {"address": address, "joined": True}
+
+
+def test_ctrl_c_stops_every_worker_and_reports_once(tmp_path):
+    import signal
+    import time
+
+    from tests.runtime.test_async import _actor_processes
+
+    (tmp_path / "tiny.yaml").write_text("name: tiny\n")
+    run = tmp_path / "run"
+    cmd = [
+        str(BIN / "asyncvla"),
+        "train",
+        str(tmp_path / "tiny.yaml"),
+        "--run-dir",
+        str(run),
+        "mode=async",
+        "env.num_envs=4",
+        "env.kwargs.family=reach",
+        "train.rollout_steps=3",
+        "train.updates=100000",
+        "algo.minibatch_size=8",
+        "eval.episodes=4",
+        "eval.num_envs=4",
+        "policy.kwargs.size=nano",
+    ]
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (
+        (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().count("\n") >= 2
+    ):
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.count("interrupted") == 1
+    for _ in range(50):
+        if not _actor_processes():
+            break
+        time.sleep(0.2)
+    assert _actor_processes() == []
+    # what was written stays valid: every metrics line parses, rows are in order
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in rows] == list(range(1, len(rows) + 1))
