@@ -1,4 +1,4 @@
-"""EnvManager: one vectorized env that steps on its own; EnvWorker: holds M of them.
+"""EnvManager: one vectorized env that steps on its own (an ``EnvWorkerActor`` holds M of them).
 
 A manager is a small state machine, the same in every schedule:
 ``request()`` -> one ``ObsRequest`` per shard (a manager's envs may be split across rollout
@@ -266,22 +266,3 @@ class EnvManager:
 
     def shutdown(self) -> None:
         self.env.close()
-
-
-class EnvWorker:
-    """Holds M env managers; methods address a manager by id so one process can serve many."""
-
-    def __init__(self, managers: list[EnvManager]) -> None:
-        self.managers = {m.manager_id: m for m in managers}
-
-    def shutdown(self) -> None:
-        for m in self.managers.values():
-            m.shutdown()
-
-    def stats(self) -> dict[str, int]:
-        ms = self.managers.values()
-        return {
-            "env_steps": sum(m.env_steps_total for m in ms),
-            "samples": sum(m.samples_total for m in ms),
-            "segments": sum(m.segments_total for m in ms),
-        }
