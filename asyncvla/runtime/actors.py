@@ -354,7 +354,6 @@ class TrainerActor:
             self.trainer.load_optimizer(Path(optimizer_dir))
         self.streamer = streamer
         self.total_updates = total_updates
-        self._anneal()
         self.q: queue.Queue[Segment] = queue.Queue(maxsize=queue_segments)
         self.rollouts = rollouts
         self.events = EventBuffer(self.name, lambda ev: coordinator.log.remote(ev))
@@ -362,6 +361,7 @@ class TrainerActor:
         self.checkpoint_every = checkpoint_every
         self.eval_every = eval_every
         self.state = dict(start_state)
+        self._anneal()
         self._rows: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
