@@ -452,6 +452,7 @@ class TrainerActor:
                     self._record(
                         metrics, time.perf_counter() - t_batch, t_busy, time.perf_counter() - t_start
                     )
+                    self._anneal()
                     t_batch = time.perf_counter()
                     t_busy = 0.0
                     segments, got, expected = [], 0, None
