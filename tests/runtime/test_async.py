@@ -93,6 +93,9 @@ def test_async_train_writes_events_and_metrics(tmp_path):
     assert summary["samples_rejected"] == 0 and summary["env_steps_collected"] >= summary["env_steps"] > 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["update"] for r in rows] == [1, 2, 3] and "eval_success_rate" in rows[1]
+    # linear annealing: update k trains with lr * (1 - (k - 1) / updates)
+    lr = load_config(None, BASE).algo.lr
+    assert [r["lr"] for r in rows] == pytest.approx([lr, lr * 2 / 3, lr / 3])
     events = read_events(run / "events.jsonl")
     kinds = {e["kind"] for e in events}
     for kind in (
