@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from asyncvla.config import ConfigError
     from asyncvla.runtime.launcher import WorkerError
 
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=170)
     try:
         path = resolve_profile(args.workload)
         out = args.out or f"runs/bench-{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -257,7 +257,7 @@ def plot_throughput(result: dict[str, Any], path: Path) -> None:
 COLORS = {
     "env_step": "#55A868",
     "batch_inferred": "#4C72B0",
-    "train": "#C44E52",
+    "train": "#8C1D18",
     "micro_batch": "#DD8452",
     "weights_published": "#8172B2",
     "act": "#4C72B0",
@@ -318,7 +318,8 @@ def plot_timeline(run_dir: Path, path: Path, title: str = "") -> None:
     ax.legend(
         handles=[Patch(color=COLORS.get(k, "grey"), label=k) for k in kinds],
         fontsize=7,
-        loc="upper right",
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.5 / max(1, len(order)) - 0.12),
         ncol=len(kinds),
     )
     fig.tight_layout()

@@ -63,12 +63,25 @@ MODES: dict[str, dict[str, Any]] = {
 (``mode=sync runtime.placement=disaggregated``), + train async (``mode=async async.env=false
 async.rollout=false``), + rollout async (``async.env=false``), + streamer (``async.streamer=true``)."""
 
+EXTRA_MODES: dict[str, dict[str, Any]] = {
+    "full-async": {
+        "mode": "async",
+        "async.env": True,
+        "async.rollout": True,
+        "async.streamer": False,
+        "runtime.placement": "disaggregated",
+    },
+}
+"""Modes that run only when asked for (``--modes``): ``full-async`` is the streamer row without
+the streamer, which separates the effect of ``async.env`` from that of the streamer."""
+
 LABELS = {
     "sync-colocated": "sync colocated",
     "sync-disaggregated": "sync disaggregated",
     "train-async": "+ train async",
     "rollout-async": "+ rollout async",
     "streamer": "+ streamer",
+    "full-async": "full async (no streamer)",
 }
 BASELINE = "sync-colocated"
 
@@ -140,9 +153,10 @@ class Profile(_Strict):
     warmup_updates: int = Field(1, ge=0)
 
     def mode_overrides(self, name: str) -> dict[str, Any]:
-        if name not in MODES and name not in self.modes:
-            raise ConfigError(f"mode {name!r}: unknown; known: {', '.join([*MODES, *self.modes])}")
-        return {**MODES.get(name, {}), **self.modes.get(name, {})}
+        known = {**MODES, **EXTRA_MODES}
+        if name not in known and name not in self.modes:
+            raise ConfigError(f"mode {name!r}: unknown; known: {', '.join([*known, *self.modes])}")
+        return {**known.get(name, {}), **self.modes.get(name, {})}
 
     def all_modes(self) -> list[str]:
         return [*MODES, *(m for m in self.modes if m not in MODES)]
