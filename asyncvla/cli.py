@@ -102,6 +102,48 @@ def compare(
 
 
 @app.command()
+def bench(
+    workload: str = typer.Option(
+        ...,
+        "--workload",
+        help="Profile in configs/bench (balanced, heavy-tail, vectorized-sim, libero-0p5b, libero-oft7b) "
+        "or a YAML path.",
+    ),
+    modes: str | None = typer.Option(
+        None,
+        "--modes",
+        help="Comma-separated modes (default: sync-colocated,sync-disaggregated,train-async,"
+        "rollout-async,streamer; extra: full-async).",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output directory (default runs/bench-<workload>-<time>)."
+    ),
+    repeats: int = typer.Option(2, "--repeats", help="Runs per mode, alternated A B A B."),
+    env_steps: int | None = typer.Option(
+        None, "--env-steps", help="Env steps measured per run after warm-up."
+    ),
+    time_scale: float | None = typer.Option(None, "--time-scale", help="Override the profile's time_scale."),
+    address: str | None = typer.Option(None, "--address", help="Join a Ray cluster (auto or HOST:PORT)."),
+) -> None:
+    """Throughput benchmark: one emulated workload under the RL-VLA^3 ablation modes."""
+    from asyncvla.bench.__main__ import main as bench_main
+
+    argv = ["--workload", workload, "--repeats", str(repeats)]
+    for flag, value in (
+        ("--modes", modes),
+        ("--out", out),
+        ("--env-steps", env_steps),
+        ("--time-scale", time_scale),
+        ("--address", address),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    code = bench_main(argv)
+    if code:
+        raise typer.Exit(code=code)
+
+
+@app.command()
 def sft(
     config: Path = typer.Argument(..., help="YAML config file."),
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides, e.g. sft.demos=20"),

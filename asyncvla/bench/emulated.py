@@ -27,7 +27,6 @@ trainer). Use it as the plug-in ``policy.name: asyncvla.bench.emulated:EmulatedP
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,27 +59,6 @@ def _cost_model(name: str, model: Mapping[str, Any] | None) -> dict[str, float]:
     if any(v < 0 or not math.isfinite(v) for v in out.values()):
         raise ValueError(f"{name} costs must be finite and >= 0, got {out}")
     return out
-
-
-def _detect_ray_role() -> str | None:
-    """'rollout' / 'trainer' from the class of the Ray actor this process runs, else None."""
-    ray = sys.modules.get("ray")
-    if ray is None:
-        return None
-    try:
-        if not ray.is_initialized():
-            return None
-        ctx = ray.get_runtime_context()
-        if ctx.get_actor_id() is None:
-            return None
-        cls = ctx.current_actor._ray_actor_creation_function_descriptor.class_name
-    except Exception:
-        return None
-    if "Trainer" in cls:
-        return "trainer"
-    if "Rollout" in cls:
-        return "rollout"
-    return None
 
 
 class EmulatedPolicy(Policy):
@@ -150,17 +128,19 @@ class EmulatedPolicy(Policy):
         self.mean = nn.Parameter(torch.zeros(k, a))
         self.log_std = nn.Parameter(torch.full((k, a), self.init_log_std))
         self.value = nn.Parameter(torch.zeros(1))
-        self._detected: str | None = None
-        self._detect_done = False
+        self._placed: str | None = None
 
     # -- roles and devices -------------------------------------------------------------------------
+    def on_placed(self, role: str) -> None:
+        """The runtime's hint of this copy's role ('rollout' or 'trainer'); wins over detection."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        self._placed = role  # not in init_kwargs: a checkpoint does not remember where it ran
+
     def _role(self, default: str) -> str:
         if self.role is not None:
             return self.role
-        if not self._detect_done:
-            self._detected = _detect_ray_role()
-            self._detect_done = True
-        return self._detected or default
+        return self._placed or default
 
     def _device(self, role: str):
         return device(self.devices[role], self.run_id, self.lock_dir, self.hold_log)

@@ -60,6 +60,9 @@ class Policy(nn.Module, ABC):
     def evaluate(self, obs: ObsBatch, actions: np.ndarray | torch.Tensor) -> EvalOutput:
         """Log-probs, entropy and values of ``actions`` [B, K, A] under the current weights."""
 
+    def on_placed(self, role: str) -> None:  # noqa: B027 (optional hook, empty by default)
+        """Called by the runtime once a worker holds this copy (``"rollout"`` or ``"trainer"``)."""
+
     @abstractmethod
     def init_kwargs(self) -> dict[str, Any]:
         """JSON-serializable constructor kwargs, enough to rebuild the module for a checkpoint."""

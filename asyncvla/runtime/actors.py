@@ -193,6 +193,7 @@ class RolloutServer:
         _set_threads(torch_threads)
         self.name = f"rollout{worker_id}"
         policy = make_policy(policy_name, **policy_kwargs)
+        policy.on_placed("rollout")
         policy.load_state_dict(unpack(weights))
         policy.version = version
         self.worker = RolloutWorker(policy, worker_id)
@@ -346,6 +347,7 @@ class TrainerActor:
         torch.manual_seed(seed)
         self.name = "trainer"
         policy = make_policy(policy_name, **policy_kwargs)
+        policy.on_placed("trainer")
         policy.load_state_dict(unpack(weights))
         policy.version = version
         self.policy_name = policy_name

@@ -167,3 +167,14 @@ def test_analysis_of_a_hand_made_run():
     assert r["bound"] == pytest.approx(0.040 / 0.02)
     assert r["bound_env_steps_per_s"] == pytest.approx(2 * 50.0)  # 2 env steps per decision
     assert r["achieved_over_bound"] == pytest.approx(1.0)
+
+
+def test_extra_and_unknown_modes():
+    from asyncvla.config import ConfigError
+
+    p = load_profile(BALANCED)
+    c = mode_config(p, "full-async", updates=2)
+    assert (c.mode, c.async_.env, c.async_.rollout, c.async_.streamer) == ("async", True, True, False)
+    assert "full-async" not in p.all_modes()  # runs only when asked for
+    with pytest.raises(ConfigError, match="unknown"):
+        mode_config(p, "warp-speed", updates=2)

@@ -154,3 +154,12 @@ def test_threads_of_one_process_share_a_device(tmp_path):
         t.join()
     (a0, a1), (b0, b1) = sorted(spans)
     assert b0 >= a1 - 1e-3
+
+
+def test_runtime_role_hint_picks_the_device_and_is_not_saved(tmp_path):
+    p = _policy(tmp_path)
+    p.on_placed("trainer")
+    obs = {"state": np.zeros((2, 6), np.float32)}
+    p.act(obs)  # the trainer's bootstrap forward: on the trainer's device
+    assert [h["device"] for h in read_holds(tmp_path, p.run_id)] == ["d1"]
+    assert p.init_kwargs()["role"] is None
