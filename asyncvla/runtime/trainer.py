@@ -277,9 +277,8 @@ class Trainer:
         return self._finish(stats, s.size, sums, counts)
 
     # -- streaming ---------------------------------------------------------------------------------
-    def stream_add(self, seg: Segment) -> int:
-        """Add an arriving segment; run forward/backward on every full micro-batch. Returns the
-        number of micro-batches run."""
+    def _stream_state(self) -> dict[str, Any]:
+        """The global batch being streamed (opened, with zeroed gradients, on first use)."""
         if self._stream is None:
             self._stream = {
                 "stats": {},
@@ -290,7 +289,12 @@ class Trainer:
                 "n": 0,
             }
             self.optimizer.zero_grad(set_to_none=True)
-        st = self._stream
+        return self._stream
+
+    def stream_add(self, seg: Segment) -> int:
+        """Add an arriving segment; run forward/backward on every full micro-batch. Returns the
+        number of micro-batches run."""
+        st = self._stream_state()
         st["pending"] = Samples.concat([st["pending"], self.samples(seg, st["stats"])])
         ran = 0
         while st["pending"].size >= self.micro_batch:
@@ -310,14 +314,7 @@ class Trainer:
 
     def stream_finish(self) -> dict[str, Any]:
         """The batch is complete: last (partial) micro-batch, the optimizer step, remaining epochs."""
-        st = self._stream or {
-            "stats": {},
-            "pending": Samples.empty(),
-            "done": [],
-            "sums": {},
-            "counts": {},
-            "n": 0,
-        }
+        st = self._stream_state()
         if st["pending"].size:
             self._stream_micro(st["pending"])
         self._stream = None

@@ -3,12 +3,13 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A local Ray instance (loopback) shared by the runs of one test module.
+    """A local Ray instance (loopback) shared by the runs of one test module (request it with
+    ``pytestmark = pytest.mark.usefixtures("ray_local")``).
 
     Workers import plug-ins from the repository (``tests.runtime.faulty``) through PYTHONPATH.
     """
