@@ -393,7 +393,7 @@ def best_fit(points: dict[str | int, float], candidates: tuple[int, ...] = (8, 1
 
 def derive_h200(path: str | Path, model: str) -> dict[str, Any]:
     """Inference and training cost models and the sync cost of ``model`` (``vla_7b``/``vla_0p5b``)
-    from ``shared/profiles/h200_vla_backbone_stage_costs.json``."""
+    from ``configs/bench/h200_vla_backbone_stage_costs.json``."""
     data = json.loads(Path(path).read_text())[model]
     infer, train = best_fit(data["infer_s"]), best_fit(data["train_s"])
     return {
