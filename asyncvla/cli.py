@@ -24,6 +24,14 @@ def _config(path: Path, overrides: list[str] | None) -> Config:
         _fail(e)
 
 
+def _interruptible() -> None:
+    """Ctrl-C must stop a run even when the shell started us with SIGINT ignored (background jobs
+    of a non-interactive shell): KeyboardInterrupt reaches the driver, which stops every worker."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _fail(e: Exception) -> None:
     # One line, exit code 2: the contract for any bad input at start.
     print(f"error: {e}", file=sys.stderr)
@@ -47,6 +55,7 @@ def train(
     """Fine-tune a policy with RL (PPO or GRPO), sync or async (``mode=``)."""
     from asyncvla.runtime.rayenv import prepare_ray_env
 
+    _interruptible()
     prepare_ray_env(address)
     from asyncvla.rundir import default_run_dir
     from asyncvla.runtime.launcher import WorkerError
@@ -86,6 +95,7 @@ def compare(
 
     from asyncvla.runtime.rayenv import prepare_ray_env
 
+    _interruptible()
     prepare_ray_env(address)
     from asyncvla.runtime.launcher import WorkerError
     from asyncvla.train import compare as run_compare
