@@ -33,6 +33,20 @@ def _set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def _placed_policy(
+    role: str, name: str, kwargs: dict[str, Any], weights: dict[str, Any], version: int
+) -> Any:
+    """Build the registered policy in this worker, tell it its role, load the published weights."""
+    from asyncvla.policies import make_policy
+    from asyncvla.runtime.weights import unpack
+
+    policy = make_policy(name, **kwargs)
+    policy.on_placed(role)
+    policy.load_state_dict(unpack(weights))
+    policy.version = version
+    return policy
+
+
 class Coordinator:
     """Hands out staleness tickets and writes ``events.jsonl``. Light: no torch work."""
 
@@ -48,9 +62,6 @@ class Coordinator:
 
     def log(self, events: list[dict[str, Any]]) -> None:
         self.writer.write(events)
-
-    def event_counts(self) -> dict[str, int]:
-        return dict(self.writer.counts)
 
     def close(self) -> None:
         self.writer.close()
@@ -186,16 +197,11 @@ class RolloutServer:
         coordinator: Any,
         torch_threads: int,
     ) -> None:
-        from asyncvla.policies import make_policy
         from asyncvla.runtime.rollout_worker import RolloutWorker
-        from asyncvla.runtime.weights import unpack
 
         _set_threads(torch_threads)
         self.name = f"rollout{worker_id}"
-        policy = make_policy(policy_name, **policy_kwargs)
-        policy.on_placed("rollout")
-        policy.load_state_dict(unpack(weights))
-        policy.version = version
+        policy = _placed_policy("rollout", policy_name, policy_kwargs, weights, version)
         self.worker = RolloutWorker(policy, worker_id)
         self.batcher = DynamicBatcher(
             max_batch_samples,
@@ -339,17 +345,12 @@ class TrainerActor:
         torch_threads: int,
         total_updates: int,
     ) -> None:
-        from asyncvla.policies import make_policy
         from asyncvla.runtime.trainer import Trainer
-        from asyncvla.runtime.weights import unpack
 
         _set_threads(torch_threads)
         torch.manual_seed(seed)
         self.name = "trainer"
-        policy = make_policy(policy_name, **policy_kwargs)
-        policy.on_placed("trainer")
-        policy.load_state_dict(unpack(weights))
-        policy.version = version
+        policy = _placed_policy("trainer", policy_name, policy_kwargs, weights, version)
         self.policy_name = policy_name
         self.trainer = Trainer(policy, algo, seed=seed, max_staleness=max_staleness, micro_batch=micro_batch)
         if optimizer_dir:

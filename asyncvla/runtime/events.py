@@ -68,11 +68,9 @@ class EventWriter:
         self.path = path
         self._f = path.open("a") if path is not None else None
         self.seq = 0
-        self.counts: dict[str, int] = {}
 
     def write(self, events: list[dict[str, Any]]) -> None:
         for e in events:
-            self.counts[e["kind"]] = self.counts.get(e["kind"], 0) + 1
             if self._f is not None:
                 self._f.write(json.dumps({"seq": self.seq, **e}) + "\n")
             self.seq += 1

@@ -133,9 +133,6 @@ class Trainer:
     def version(self) -> int:
         return self.policy.version
 
-    def get_weights(self) -> tuple[int, dict[str, torch.Tensor]]:
-        return self.policy.version, {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
-
     def set_lr_fraction(self, frac: float) -> None:
         """Learning rate = ``algo.lr * frac`` (linear annealing: frac = 1 - done / total)."""
         for g in self.optimizer.param_groups:
@@ -160,9 +157,9 @@ class Trainer:
             ok = gap <= self.max_staleness
             bad = int((~ok & seg.valid).sum())
             stats["rejected"] = stats.get("rejected", 0) + bad
-        for g in gap[seg.valid & ok].ravel():
-            stats.setdefault("gaps", {})
-            stats["gaps"][int(g)] = stats["gaps"].get(int(g), 0) + 1
+        hist = stats.setdefault("gaps", {})
+        for g, c in zip(*np.unique(gap[seg.valid & ok], return_counts=True), strict=True):
+            hist[int(g)] = hist.get(int(g), 0) + int(c)
         stats["env_steps"] = stats.get("env_steps", 0) + seg.env_steps
         for k in ("success", "return", "length"):
             stats.setdefault("episodes_" + k, []).extend(seg.episodes[k])

@@ -38,31 +38,40 @@ def cluster(tmp_path):
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
-def test_train_joins_a_running_cluster_by_address(cluster, tmp_path):
-    address, env = cluster
-    run = tmp_path / "run"
+def _train_cmd(tmp_path, run, *args):
+    """``asyncvla train`` of a tiny async reach run; ``args`` add options and overrides."""
     (tmp_path / "tiny.yaml").write_text("name: tiny\n")
-    cmd = [
+    return [
         str(BIN / "asyncvla"),
         "train",
         str(tmp_path / "tiny.yaml"),
         "--run-dir",
         str(run),
-        "--address",
-        address,
         "mode=async",
         "env.num_envs=4",
-        "env.num_managers=2",
         "env.kwargs.family=reach",
         "train.rollout_steps=3",
-        "train.updates=2",
         "algo.minibatch_size=8",
-        "algo.epochs=1",
         "eval.episodes=4",
         "eval.num_envs=4",
-        "policy.kwargs.image_grid=4",
         "policy.kwargs.size=nano",
+        *args,
     ]
+
+
+def test_train_joins_a_running_cluster_by_address(cluster, tmp_path):
+    address, env = cluster
+    run = tmp_path / "run"
+    cmd = _train_cmd(
+        tmp_path,
+        run,
+        "--address",
+        address,
+        "env.num_managers=2",
+        "train.updates=2",
+        "algo.epochs=1",
+        "policy.kwargs.image_grid=4",
+    )
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((run / "summary.json").read_text())
@@ -77,24 +86,8 @@ def test_ctrl_c_stops_every_worker_and_reports_once(tmp_path):
 
     from tests.runtime.test_async import _actor_processes
 
-    (tmp_path / "tiny.yaml").write_text("name: tiny\n")
     run = tmp_path / "run"
-    cmd = [
-        str(BIN / "asyncvla"),
-        "train",
-        str(tmp_path / "tiny.yaml"),
-        "--run-dir",
-        str(run),
-        "mode=async",
-        "env.num_envs=4",
-        "env.kwargs.family=reach",
-        "train.rollout_steps=3",
-        "train.updates=100000",
-        "algo.minibatch_size=8",
-        "eval.episodes=4",
-        "eval.num_envs=4",
-        "policy.kwargs.size=nano",
-    ]
+    cmd = _train_cmd(tmp_path, run, "train.updates=100000")
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
