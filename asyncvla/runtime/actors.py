@@ -196,10 +196,12 @@ class RolloutServer:
         max_staleness: int,
         coordinator: Any,
         torch_threads: int,
+        seed: int,
     ) -> None:
         from asyncvla.runtime.rollout_worker import RolloutWorker
 
         _set_threads(torch_threads)
+        torch.manual_seed(seed)  # action sampling: reproducible wherever the batches are (sync)
         self.name = f"rollout{worker_id}"
         policy = _placed_policy("rollout", policy_name, policy_kwargs, weights, version)
         self.worker = RolloutWorker(policy, worker_id)

@@ -96,6 +96,7 @@ class Runtime:
                 eta,
                 self.coordinator,
                 places["rollout"].torch_threads,
+                (cfg.seed * 1000 + state["update"]) * 100 + r,
             )
             for r in range(rt.num_rollout_workers)
         ]
