@@ -14,6 +14,7 @@ def make_policy(name: str, **kwargs: Any) -> Policy:
     return POLICIES.get(name)(**kwargs)
 
 
+from asyncvla.policies import hf_vla as _hf_vla  # noqa: E402,F401 (transformers is imported lazily)
 from asyncvla.policies import tiny_vla as _tiny_vla  # noqa: E402,F401
 
 __all__ = ["POLICIES", "ActOutput", "EvalOutput", "Policy", "load_policy", "make_policy", "save_policy"]
