@@ -15,6 +15,7 @@ def make_env(name: str, num_envs: int = 1, **kwargs: Any) -> VectorEnv:
 
 
 # Registration happens on import of each env module (one line per env).
+from asyncvla.envs import libero as _libero  # noqa: E402,F401  (imports LIBERO only when built)
 from asyncvla.envs import tabletop as _tabletop  # noqa: E402,F401
 
 __all__ = ["ENVS", "ObsBatch", "SingleEnv", "VectorEnv", "make_env"]

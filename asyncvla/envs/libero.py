@@ -1,0 +1,409 @@
+"""``LiberoVecEnv``: the LIBERO benchmark (MuJoCo / robosuite), registered as ``libero``.
+
+``make_env("libero", num_envs=2, suite="libero_spatial", task_ids=[0])``. Needs ``make libero``
+(pinned packages, verified assets, a pre-written LIBERO config); ``libero`` is imported only when an
+env is built, so ``import asyncvla.envs`` works without it.
+
+Rendering: ``MUJOCO_GL`` defaults to ``egl`` (falls back to ``osmesa`` when no EGL library is
+found); it is set before MuJoCo is first imported in the process, and each env owns its offscreen
+render context, so every env worker process renders on its own. Cameras are rendered once per chunk
+(and after a reset), not at every physics step, into an offscreen buffer of the image's size,
+with shadows off and without multisampling unless ``antialias=True`` (robosuite's default of 4x
+MSAA costs ~2.5x per frame on software OpenGL; LIBERO's scene lights cast no shadows already).
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from asyncvla.envs import ENVS
+from asyncvla.envs.base import ObsBatch, VectorEnv
+from asyncvla.envs.libero_setup import CONFIG_ENV_VAR, LiberoSetupError, check_ready
+
+ACTION_DIM = 7
+"""Delta end-effector position (3) and axis-angle rotation (3), gripper (1: -1 open, +1 close)."""
+STATE_DIM = 8
+STATE_LAYOUT = ("eef_x", "eef_y", "eef_z", "eef_ax", "eef_ay", "eef_az", "gripper_q0", "gripper_q1")
+SUITE_MAX_STEPS = {
+    "libero_spatial": 220,
+    "libero_object": 280,
+    "libero_goal": 300,
+    "libero_10": 520,
+    "libero_90": 400,
+}
+"""Episode budgets per suite (those of OpenVLA's LIBERO evaluation: longest demo plus a margin)."""
+NOOP_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+"""Settle steps after a reset: stand still with the gripper open while objects come to rest."""
+AGENTVIEW, WRIST = "agentview", "robot0_eye_in_hand"
+
+
+def _select_gl() -> None:
+    """``MUJOCO_GL=egl`` unless the user chose; osmesa when no EGL library exists (before mujoco import)."""
+    if "MUJOCO_GL" not in os.environ:
+        egl = ctypes.util.find_library("EGL") is not None
+        os.environ["MUJOCO_GL"] = "egl" if egl or ctypes.util.find_library("OSMesa") is None else "osmesa"
+    if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
+        os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+
+@lru_cache(maxsize=1)
+def _libero() -> Any:
+    """Import LIBERO (once per process) after pointing it at the config ``make libero`` wrote."""
+    try:
+        cfg_dir = check_ready()
+    except LiberoSetupError as e:
+        raise ImportError(str(e)) from None
+    os.environ.setdefault(CONFIG_ENV_VAR, str(cfg_dir))
+    _select_gl()
+    import logging
+
+    logging.getLogger("robosuite_logs").setLevel(logging.ERROR)  # "no private macro file" warnings
+    try:
+        from libero.libero import benchmark, get_libero_path
+        from libero.libero.envs import OffScreenRenderEnv
+    except ImportError as e:
+        raise ImportError(f"LIBERO cannot be imported ({e}): run `make libero`") from None
+    return benchmark, get_libero_path, OffScreenRenderEnv
+
+
+def _load_init_states(path: str) -> np.ndarray:
+    """A task's init states (float64 [50, D]) via torch's restricted unpickler, not plain pickle."""
+    import torch
+
+    allowed = [
+        (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+        np.dtypes.Float64DType,
+    ]
+    with torch.serialization.safe_globals(allowed):
+        states = torch.load(path, weights_only=True)
+    states = np.asarray(states, dtype=np.float64)
+    if states.ndim != 2 or len(states) == 0:
+        raise ValueError(f"{path}: expected a [N, D] array of init states, got shape {states.shape}")
+    return states
+
+
+@dataclass(frozen=True)
+class _Task:
+    task_id: int
+    language: str
+    bddl_file: str
+    init_states: np.ndarray
+
+
+@lru_cache(maxsize=8)
+def _suite_tasks(suite: str) -> tuple[list[str], Any]:
+    """(languages of all tasks, benchmark object) of a suite."""
+    benchmark = _libero()[0]
+    bench = benchmark.get_benchmark_dict()[suite]()
+    return [bench.get_task(i).language for i in range(bench.n_tasks)], bench
+
+
+def _load_task(suite: str, task_id: int) -> _Task:
+    get_libero_path = _libero()[1]
+    bench = _suite_tasks(suite)[1]
+    task = bench.get_task(task_id)
+    init_path = os.path.join(get_libero_path("init_states"), task.problem_folder, task.init_states_file)
+    return _Task(task_id, task.language, bench.get_task_bddl_file_path(task_id), _load_init_states(init_path))
+
+
+def reset_seed(suite: str, task_id: int, init_id: int) -> int:
+    """The simulator seed of a start state: fixtures are placed by a sampler at every reset, so
+    equal (suite, task, init state) must seed equally for identical resets (GRPO groups)."""
+    digest = hashlib.sha256(f"libero/{suite}/{task_id}/{init_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def quat2axisangle(quat: np.ndarray) -> np.ndarray:
+    """(x, y, z, w) unit quaternion -> axis * angle (robosuite's convention)."""
+    w = float(np.clip(quat[3], -1.0, 1.0))
+    den = np.sqrt(1.0 - w * w)
+    if den < 1e-8:
+        return np.zeros(3)
+    return np.asarray(quat[:3]) * 2.0 * np.arccos(w) / den
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return int(value)
+
+
+class _Slot:
+    """One env: a LIBERO ``OffScreenRenderEnv`` of one task (rebuilt when a reset picks another)."""
+
+    def __init__(self) -> None:
+        self.sim: Any = None
+        self.task: _Task | None = None
+        self.t = 0
+        self.done = False
+        self.init_state = 0
+
+
+@ENVS.register("libero")
+class LiberoVecEnv(VectorEnv):
+    """``num_envs`` LIBERO envs of one suite, stepped one after another in this process.
+
+    Init state ``k`` (reset option ``init_state``, any int >= 0) is task ``task_ids[(k // N) % T]``
+    at the benchmark's init state ``k % N`` (N = 50 per task, T = len(task_ids)), so
+    ``num_init_states = N * T`` and ``k`` fixes everything observable: the simulator is seeded from
+    (suite, task, init state) before every reset (``reset_seed``), then ``settle_steps`` no-op steps
+    run (not counted as episode steps). Without an ``init_state`` a reset draws one from the env's
+    RNG (seeded by ``seed``); the ``seed`` of a reset seeds only that draw.
+
+    Observation: ``image`` (agentview), ``wrist_image`` (with ``wrist_camera``), both flipped
+    upright, uint8 [S, S, 3]; ``state`` float32 [8] (``STATE_LAYOUT``: end-effector position,
+    axis-angle orientation, gripper joint positions); ``instruction`` (the task's language).
+    Action: 7-D in [-1, 1] (OSC_POSE deltas and gripper), executed as chunks that stop at success
+    or at ``max_episode_steps``. Reward 1 on success (which terminates), ``cost`` 0.
+    """
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        suite: str = "libero_spatial",
+        task_ids: int | Sequence[int] = 0,
+        image_size: int = 128,
+        wrist_camera: bool = False,
+        settle_steps: int = 10,
+        max_episode_steps: int | None = None,
+        antialias: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.num_envs = _check_int("num_envs", num_envs, 1)
+        if suite not in SUITE_MAX_STEPS:
+            raise ValueError(f"suite must be one of {', '.join(SUITE_MAX_STEPS)}; got {suite!r}")
+        self.suite = suite
+        self.image_size = _check_int("image_size", image_size, 16, 1024)
+        flags = {"wrist_camera": wrist_camera, "antialias": antialias}
+        for name, flag in flags.items():
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ValueError(f"{name} must be a bool, got {flag!r}")
+        self.wrist_camera, self.antialias = bool(wrist_camera), bool(antialias)
+        self.settle_steps = _check_int("settle_steps", settle_steps, 0, 1000)
+        self.max_episode_steps = (
+            SUITE_MAX_STEPS[suite]
+            if max_episode_steps is None
+            else _check_int("max_episode_steps", max_episode_steps, 1)
+        )
+        seed = _check_int("seed", seed, 0)
+
+        languages, _ = _suite_tasks(suite)  # imports LIBERO: a missing install fails here
+        ids = [task_ids] if isinstance(task_ids, (int, np.integer)) else list(task_ids)
+        if not ids:
+            raise ValueError("task_ids must name at least one task")
+        self.task_ids = [_check_int("task_ids[]", t, 0, len(languages) - 1) for t in ids]
+        if len(set(self.task_ids)) != len(self.task_ids):
+            raise ValueError(f"task_ids must be distinct, got {self.task_ids}")
+        self._tasks = {t: _load_task(suite, t) for t in self.task_ids}
+        self._per_task = min(len(task.init_states) for task in self._tasks.values())
+        self._languages = languages
+
+        size = self.image_size
+        charset = "".join(sorted(set("".join(languages)) | {" "}))
+        obs_spaces: dict[str, spaces.Space] = {
+            "image": spaces.Box(0, 255, (size, size, 3), np.uint8),
+            "state": spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
+            "instruction": spaces.Text(max_length=512, charset=charset),
+        }
+        if self.wrist_camera:
+            obs_spaces["wrist_image"] = spaces.Box(0, 255, (size, size, 3), np.uint8)
+        self.single_observation_space = spaces.Dict(obs_spaces)
+        self.single_action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+
+        n = self.num_envs
+        self._rngs = [np.random.default_rng([seed, i]) for i in range(n)]
+        self._slots = [_Slot() for _ in range(n)]
+        self._images = np.zeros((n, size, size, 3), dtype=np.uint8)
+        self._wrist = np.zeros((n, size, size, 3), dtype=np.uint8) if self.wrist_camera else None
+        self._state = np.zeros((n, STATE_DIM), dtype=np.float32)
+        # Simulators are built at the first reset: an env made only to read spaces costs no sim.
+        self._started = False
+
+    @property
+    def num_init_states(self) -> int:
+        return self._per_task * len(self.task_ids)
+
+    # -- one env ----------------------------------------------------------------------------------
+
+    def _build(self, task: _Task) -> Any:
+        off_screen_env = _libero()[2]
+        cams = [AGENTVIEW, WRIST] if self.wrist_camera else [AGENTVIEW]
+        env = off_screen_env(
+            bddl_file_name=task.bddl_file,
+            camera_names=cams,
+            camera_heights=self.image_size,
+            camera_widths=self.image_size,
+            use_camera_obs=False,  # rendered once per chunk by _observe, not at every physics step
+            ignore_done=True,  # episode ends are decided here (success, max_episode_steps)
+        )
+        # Every (hard) reset rebuilds the MuJoCo model and then its render context: size the
+        # offscreen buffer to the image and set multisampling on each new model before that.
+        inner = env.env
+        initialize_sim = inner._initialize_sim
+        size, samples = self.image_size, 4 if self.antialias else 0
+
+        def _initialize_sim(xml_string: str | None = None) -> None:
+            initialize_sim(xml_string)
+            vis = inner.sim.model._model.vis
+            vis.global_.offwidth = vis.global_.offheight = size
+            vis.quality.offsamples = samples
+
+        inner._initialize_sim = _initialize_sim
+        return env
+
+    def _reset_one(self, i: int, k: int) -> None:
+        slot = self._slots[i]
+        task = self._tasks[self.task_ids[(k // self._per_task) % len(self.task_ids)]]
+        init_id = k % self._per_task
+        if slot.task is not task:
+            if slot.sim is not None:
+                slot.sim.close()
+                slot.sim = None
+            slot.sim, slot.task = self._build(task), task
+        slot.sim.seed(reset_seed(self.suite, task.task_id, init_id))
+        slot.sim.reset()
+        obs = slot.sim.set_init_state(task.init_states[init_id])
+        noop = np.asarray(NOOP_ACTION)
+        for _ in range(self.settle_steps):
+            obs, _, _, _ = slot.sim.step(noop)
+        slot.t, slot.done, slot.init_state = 0, False, k
+        self._observe(i, obs)
+
+    def _render(self, sim: Any, camera: str) -> np.ndarray:
+        import mujoco
+
+        # LIBERO's lights cast no shadows already; this keeps shadows off for any scene.
+        sim.sim._render_context_offscreen.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        # OpenGL rows run bottom-up: flip vertically to get the upright camera image.
+        return sim.sim.render(camera_name=camera, width=self.image_size, height=self.image_size)[::-1]
+
+    def _observe(self, i: int, obs: dict[str, np.ndarray]) -> None:
+        sim = self._slots[i].sim
+        self._images[i] = self._render(sim, AGENTVIEW)
+        if self._wrist is not None:
+            self._wrist[i] = self._render(sim, WRIST)
+        self._state[i, :3] = obs["robot0_eef_pos"]
+        self._state[i, 3:6] = quat2axisangle(obs["robot0_eef_quat"])
+        self._state[i, 6:8] = obs["robot0_gripper_qpos"]
+
+    def _obs(self) -> ObsBatch:
+        out: ObsBatch = {
+            "image": self._images.copy(),
+            "state": self._state.copy(),
+            "instruction": [slot.task.language for slot in self._slots],
+        }
+        if self._wrist is not None:
+            out["wrist_image"] = self._wrist.copy()
+        return out
+
+    # -- VectorEnv API ----------------------------------------------------------------------------
+
+    def reset(
+        self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[ObsBatch, dict[str, Any]]:
+        """Reset envs (see ``VectorEnv.reset``): ``init_state`` k picks the start (class docstring);
+        an int ``seed`` gives env ``i`` seed ``seed + i`` for drawing k when none is given."""
+        options = dict(options or {})
+        unknown = set(options) - {"init_state", "env_indices"}
+        if unknown:
+            raise ValueError(
+                f"reset options has unknown keys {sorted(unknown)}; allowed: env_indices, init_state"
+            )
+        indices = options.get("env_indices")
+        if indices is None:
+            indices = list(range(self.num_envs))
+        else:
+            indices = [
+                _check_int("env_indices[]", i, 0, self.num_envs - 1)
+                for i in np.asarray(indices).reshape(-1).tolist()
+            ]
+            if len(set(indices)) != len(indices):
+                raise ValueError(f"env_indices must be distinct, got {indices}")
+        seeds = self._per_env("seed", seed, indices, offset_by_index=True)
+        inits = self._per_env("init_state", options.get("init_state"), indices, offset_by_index=False)
+        if not self._started:  # a first, partial reset starts the other envs from drawn states
+            rest = [i for i in range(self.num_envs) if i not in indices]
+            indices, seeds, inits = rest + indices, [None] * len(rest) + seeds, [None] * len(rest) + inits
+            self._started = True
+        for i, s, k in zip(indices, seeds, inits, strict=True):
+            if s is not None:
+                self._rngs[i] = np.random.default_rng(_check_int("seed", s, 0))
+            if k is None:
+                k = int(self._rngs[i].integers(self.num_init_states))
+            self._reset_one(i, _check_int("init_state", k, 0))
+        init_state = np.array([slot.init_state for slot in self._slots], dtype=np.int64)
+        return self._obs(), {"init_state": init_state}
+
+    @staticmethod
+    def _per_env(name: str, value: Any, indices: list[int], offset_by_index: bool) -> list[Any]:
+        if value is None or isinstance(value, (int, np.integer)):
+            return [None if value is None else int(value) + (i if offset_by_index else 0) for i in indices]
+        values = list(value)
+        if len(values) != len(indices):
+            raise ValueError(f"{name} needs one entry per reset env ({len(indices)}), got {len(values)}")
+        return values
+
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[ObsBatch, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if not self._started:
+            raise RuntimeError("LiberoVecEnv.step() before reset(): reset the envs first")
+        a = np.asarray(actions, dtype=np.float32)
+        if a.ndim == 2:
+            a = a[:, None]
+        n = self.num_envs
+        if a.ndim != 3 or a.shape[0] != n or a.shape[2] != ACTION_DIM or a.shape[1] < 1:
+            raise ValueError(
+                f"actions must have shape [{n}, K, {ACTION_DIM}] or [{n}, {ACTION_DIM}], got {a.shape}"
+            )
+        chunks = np.clip(np.nan_to_num(a), -1.0, 1.0).astype(np.float64)
+        reward = np.zeros(n, dtype=np.float32)
+        steps = np.zeros(n, dtype=np.int32)
+        terminated = np.zeros(n, dtype=bool)
+        truncated = np.zeros(n, dtype=bool)
+        for i, slot in enumerate(self._slots):
+            if slot.done:
+                continue
+            success = False
+            obs: dict[str, np.ndarray] = {}
+            for action in chunks[i]:
+                obs, r, success, _ = slot.sim.step(action)
+                slot.t += 1
+                steps[i] += 1
+                reward[i] += float(r)
+                if success or slot.t >= self.max_episode_steps:
+                    break
+            slot.done = bool(success) or slot.t >= self.max_episode_steps
+            terminated[i] = bool(success)
+            truncated[i] = slot.done and not success
+            self._observe(i, obs)
+        info = {
+            "success": terminated.copy(),
+            "cost": np.zeros(n, dtype=np.float32),
+            "steps": steps,
+        }
+        return self._obs(), reward, terminated, truncated, info
+
+    def vocabulary(self) -> list[str]:
+        """Every word of the instructions of the suite's tasks (one tokenizer serves the whole suite)."""
+        return sorted({w for text in self._languages for w in text.lower().split()})
+
+    def close(self) -> None:
+        for slot in getattr(self, "_slots", []):
+            if slot.sim is not None:
+                slot.sim.close()
+                slot.sim = None
