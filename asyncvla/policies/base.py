@@ -67,6 +67,24 @@ class Policy(nn.Module, ABC):
     def init_kwargs(self) -> dict[str, Any]:
         """JSON-serializable constructor kwargs, enough to rebuild the module for a checkpoint."""
 
+    def sync_state_dict(self) -> dict[str, torch.Tensor]:
+        """What the trainer publishes to rollout workers after an update: the state dict without
+        frozen parameters (``requires_grad=False``: never updated, so every worker's copy, built from
+        the same kwargs and initial weights, already holds them; e.g. a LoRA-tuned VLM sends only the
+        adapters and heads). Checkpoints keep the full ``state_dict``."""
+        frozen = {n for n, p in self.named_parameters() if not p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k not in frozen}
+
+    def load_sync_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load ``sync_state_dict`` output (or a full state dict); only frozen entries may be absent."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        frozen = {n for n, p in self.named_parameters() if not p.requires_grad}
+        missing = [k for k in missing if k not in frozen]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"published weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+
 
 def save_policy(policy: Policy, directory: str | Path, name: str) -> Path:
     """Write ``model.safetensors`` + ``policy.json`` (registry name, kwargs, version)."""

@@ -402,7 +402,7 @@ class TrainerActor:
         from asyncvla.runtime.weights import pack
 
         t = time.time()
-        ref = ray.put(pack(self.trainer.policy.state_dict()))
+        ref = ray.put(pack(self.trainer.policy.sync_state_dict()))
         for r in self.rollouts:
             r.offer_weights.remote(self.trainer.version, [ref], t)
         self.events.emit("weights_published", version=self.trainer.version, t0=t, t1=time.time())

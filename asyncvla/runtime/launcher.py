@@ -256,5 +256,5 @@ class Runtime:
 
 
 def load_weights(policy: Policy, result: dict[str, Any]) -> None:
-    policy.load_state_dict(unpack(result["weights"]))
+    policy.load_sync_state_dict(unpack(result["weights"]))  # a publish or the full final weights
     policy.version = int(result["version"])

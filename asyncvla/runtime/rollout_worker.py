@@ -20,7 +20,7 @@ class RolloutWorker:
 
     def set_weights(self, version: int, state_dict: dict[str, torch.Tensor]) -> None:
         """Adopt published weights; called between batches only, never during one."""
-        self.policy.load_state_dict(state_dict)
+        self.policy.load_sync_state_dict(state_dict)
         self.policy.version = version
 
     def infer(self, requests: list[ObsRequest], deterministic: bool = False) -> list[ActionReply]:

@@ -18,6 +18,7 @@ from asyncvla.policies.hf_vla import HFVLA, PROMPT, CheckpointError
 from asyncvla.runtime.env_worker import EnvManager
 from asyncvla.runtime.trainer import Trainer
 from asyncvla.runtime.types import ActionReply
+from asyncvla.runtime.weights import pack, unpack
 from asyncvla.train import build_policy, probe_env, train
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -248,6 +249,17 @@ def test_lora_trains_only_adapters_and_heads(ckpt):
         p.evaluate(obs, out.actions).log_probs.detach().numpy(),
         atol=1e-6,
     )
+    # Weight sync sends only what trains (adapters, slot embeddings, heads); a worker's fresh copy
+    # holds the frozen base already, and ends up identical.
+    sync = p.sync_state_dict()
+    assert set(sync) == trainable and len(sync) < len(p.state_dict()) / 2
+    worker = make_policy("hf_vla", **p.init_kwargs())
+    sharpen(worker)  # the frozen LM head was edited in place above: the same edit here
+    worker.load_sync_state_dict(unpack(pack(sync)))
+    for k, v in p.state_dict().items():
+        assert torch.equal(worker.state_dict()[k], v), k
+    with pytest.raises(RuntimeError, match="missing"):
+        worker.load_sync_state_dict({k: v for k, v in sync.items() if k != "query_emb"})
     # deepcopy (the driver's eval copy) keeps its own slot embeddings.
     d = copy.deepcopy(p)
     with torch.no_grad():
@@ -259,13 +271,15 @@ def test_lora_trains_only_adapters_and_heads(ckpt):
 
 
 @pytest.mark.usefixtures("ray_local")
-@pytest.mark.parametrize("mode", ["sync", "async"])
-def test_short_train_run_finishes(ckpt, tmp_path, mode):
+@pytest.mark.parametrize(("mode", "lora_rank"), [("sync", 0), ("async", 4)])
+def test_short_train_run_finishes(ckpt, tmp_path, mode, lora_rank):
+    """Full fine-tuning in sync mode; LoRA (publishes only the trainable weights) in async mode."""
     cfg = load_config(
         "configs/tabletop_hf_vla.yaml",
         [
             f"mode={mode}",
             f"policy.kwargs.checkpoint={ckpt}",
+            f"policy.kwargs.lora_rank={lora_rank}",
             "env.num_envs=4",
             "env.num_managers=2",
             "train.rollout_steps=2",
@@ -285,3 +299,8 @@ def test_short_train_run_finishes(ckpt, tmp_path, mode):
     ckpts = tmp_path / "run" / "checkpoints"
     q = load_policy(ckpts / json.loads((ckpts / "latest.json").read_text())["path"])
     assert isinstance(q, HFVLA) and q.version == 2
+    assert any("lora_" in k for k in q.state_dict()) == (lora_rank > 0)
+    # The trained weights moved away from the start (the checkpoint holds the full state dict).
+    start = make_policy("hf_vla", **q.init_kwargs())
+    assert len(q.state_dict()) == len(start.state_dict())
+    assert any(not torch.equal(v, start.state_dict()[k]) for k, v in q.state_dict().items())
