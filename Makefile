@@ -3,11 +3,14 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+# LIBERO gets its own stamp (not .installed-*, which the base install clears); it is redone after
+# the base install and whenever its lock or the asset manifest changes.
+LIBERO_STAMP := $(VENV)/.libero-$(shell cat requirements-libero.lock asyncvla/envs/libero_assets.sha256 | cksum | cut -d' ' -f1)
 export HF_HUB_OFFLINE := 1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo compare test lint env-speed clean
+.PHONY: demo compare test lint env-speed libero clean
 
 $(STAMP):
 	$(PY) -m venv $(VENV)
@@ -18,6 +21,18 @@ $(STAMP):
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+# LIBERO, offline and without questions: the pinned stack without its declared dependencies (they
+# pull robomimic and a CUDA torch), then a set-up step that verifies every asset against
+# asyncvla/envs/libero_assets.sha256, links the assets where LIBERO reads them and writes its
+# config into the venv (share/asyncvla/libero). See docs/libero.md.
+$(LIBERO_STAMP): $(STAMP)
+	$(BIN)/pip install -q --no-deps -r requirements-libero.lock
+	$(BIN)/python -m asyncvla.envs.libero_setup
+	rm -f $(VENV)/.libero-*
+	touch $(LIBERO_STAMP)
+
+libero: $(LIBERO_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/asyncvla train configs/quickstart.yaml --run-dir runs/quickstart-$$(date +%Y%m%d-%H%M%S)
 
@@ -25,7 +40,7 @@ demo: $(STAMP)
 compare: $(STAMP)
 	$(BIN)/asyncvla compare configs/quickstart.yaml --out runs/compare-$$(date +%Y%m%d-%H%M%S)
 
-test: $(STAMP)
+test: $(STAMP) $(LIBERO_STAMP)
 	$(BIN)/python -m pytest -q -x
 
 lint: $(STAMP)

@@ -218,11 +218,20 @@ def env_speed(
     num_envs: int = typer.Option(16, "--num-envs", min=1),
     chunk_size: int = typer.Option(4, "--chunk-size", min=1),
     steps: int = typer.Option(20000, "--steps", min=1),
+    kwargs: list[str] | None = typer.Argument(
+        None, help="env kwargs as key=value (YAML values), e.g. wrist_camera=true image_size=64"
+    ),
 ) -> None:
     """Measure env steps/s of one env process without latency emulation."""
+    from asyncvla.config import parse_overrides
     from asyncvla.envs.speed import benchmark_env
 
-    console.print_json(json.dumps(benchmark_env(env, num_envs=num_envs, chunk_size=chunk_size, steps=steps)))
+    try:
+        env_kwargs = dict(parse_overrides(kwargs or []))
+    except ConfigError as e:
+        _fail(e)
+    result = benchmark_env(env, num_envs=num_envs, chunk_size=chunk_size, steps=steps, **env_kwargs)
+    console.print_json(json.dumps({**result, "env": env, "env_kwargs": env_kwargs}))
 
 
 def main() -> None:

@@ -33,6 +33,8 @@ def probe_env(cfg: Config) -> VectorEnv:
         raise ConfigError(f"env.name: {e.args[0]}") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"env.kwargs: {e}") from None
+    except ImportError as e:  # the env's simulator is not installed (e.g. libero: `make libero`)
+        raise ConfigError(f"env.name: {cfg.env.name}: {e}") from None
 
 
 def env_spec(env: VectorEnv) -> dict[str, Any]:

@@ -27,12 +27,13 @@ from gymnasium import spaces
 
 from asyncvla.envs import ENVS
 from asyncvla.envs.base import ObsBatch, VectorEnv
-from asyncvla.envs.libero_setup import CONFIG_ENV_VAR, LiberoSetupError, check_ready
 
 ACTION_DIM = 7
 """Delta end-effector position (3) and axis-angle rotation (3), gripper (1: -1 open, +1 close)."""
 STATE_DIM = 8
 STATE_LAYOUT = ("eef_x", "eef_y", "eef_z", "eef_ax", "eef_ay", "eef_az", "gripper_q0", "gripper_q1")
+STATE_BOUND = 10.0
+"""Box bound of every state entry: metres from the world origin, axis-angle norm <= 2 pi."""
 SUITE_MAX_STEPS = {
     "libero_spatial": 220,
     "libero_object": 280,
@@ -58,6 +59,9 @@ def _select_gl() -> None:
 @lru_cache(maxsize=1)
 def _libero() -> Any:
     """Import LIBERO (once per process) after pointing it at the config ``make libero`` wrote."""
+    # Imported here, not at the top: `python -m asyncvla.envs.libero_setup` runs it as __main__.
+    from asyncvla.envs.libero_setup import CONFIG_ENV_VAR, LiberoSetupError, check_ready
+
     try:
         cfg_dir = check_ready()
     except LiberoSetupError as e:
@@ -216,7 +220,7 @@ class LiberoVecEnv(VectorEnv):
         charset = "".join(sorted(set("".join(languages)) | {" "}))
         obs_spaces: dict[str, spaces.Space] = {
             "image": spaces.Box(0, 255, (size, size, 3), np.uint8),
-            "state": spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
+            "state": spaces.Box(-STATE_BOUND, STATE_BOUND, (STATE_DIM,), np.float32),
             "instruction": spaces.Text(max_length=512, charset=charset),
         }
         if self.wrist_camera:
