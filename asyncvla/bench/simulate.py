@@ -1,0 +1,376 @@
+"""Discrete-event model of the runtime's scheduling policies (the planner's engine).
+
+The same policies as ``asyncvla/runtime``, with every compute replaced by its cost model:
+
+* **env workers** (``EnvWorkerActor.run``): each steps its managers one after another; a manager
+  waits only for its own reply (``lockstep=False``) or the worker waits for all of its managers'
+  replies (sync / ``async.env: false``). A step of n envs x K actions costs the tabletop latency
+  draws (``LatencyEmulator.delay_s``, the very sampler the env uses). A segment (T decisions) takes
+  a staleness ticket from the one ``StalenessGate`` before its first decision and is shipped to
+  the trainer's bounded queue; a worker keeps at most ``queue_segments`` puts outstanding.
+* **rollout workers** (``RolloutServer._loop``): the runtime's own ``DynamicBatcher`` (B_max /
+  T_max, or static batching over the routed shards) over the requests that the staleness throttle
+  admits (``gate.admissible``: ticket u is served only if u <= v + eta); newest offered weights
+  are adopted (``sync_s`` on the rollout device) before a batch; a batch of B costs
+  ``infer(B / gpus)`` on the rollout device.
+* **trainer** (``TrainerActor.run`` / ``Trainer``): takes segments from a FIFO queue of capacity
+  ``queue_segments``, trains global batches in version order: per segment a bootstrap forward
+  (``bootstrap_factor * infer(n / gpus)``); non-streaming: proximal recomputation of the stale
+  samples (``nograd_factor * train``) then ``epochs`` passes of minibatches; streaming: the first
+  epoch's micro-batches as samples arrive, the rest at the end; then a new version is published.
+* **devices** are FIFO mutexes: colocated roles name the same device and take turns (as the
+  emulated policy's flock); a trainer spanning several devices takes them all (hybrid).
+
+Not modelled: Ray messaging and Python overheads (``overhead_s`` adds a fixed delay per request
+round trip), the env's own compute, episodes ending inside a chunk (K env steps per decision).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from asyncvla.bench.des import Event, Mutex, Sim, Store, all_of, any_of, hold
+from asyncvla.envs.wrappers import LatencyEmulator
+from asyncvla.runtime.batching import DynamicBatcher, Waiting
+from asyncvla.runtime.gate import StalenessGate, admissible
+
+
+def cost_s(model: dict[str, float], x: float) -> float:
+    """``max(floor_s, a_s + b_s * x)`` (as ``emulated.cost_s``; kept here so no torch import)."""
+    if not model or x <= 0:
+        return 0.0
+    return max(model.get("floor_s", 0.0), model.get("a_s", 0.0) + model.get("b_s", 0.0) * x)
+
+
+@dataclass(frozen=True)
+class SimSpec:
+    """Everything the schedule depends on (seconds of the machine simulated)."""
+
+    num_managers: int
+    num_envs: int
+    num_env_workers: int
+    rollout_steps: int
+    chunk_size: int
+    latency: dict[str, Any]
+    """Tabletop latency dict as the env gets it (per env and action step, already scaled)."""
+    infer: dict[str, float]
+    train: dict[str, float]
+    rollout_devices: tuple[str, ...]
+    """One device name per rollout worker."""
+    rollout_gpus: float
+    trainer_devices: tuple[str, ...]
+    trainer_gpus: float
+    lockstep: bool
+    static_batching: bool
+    eta: int
+    streamer: bool
+    max_batch_samples: int
+    batch_timeout_s: float
+    queue_segments: int
+    global_batch: int
+    micro_batch: int
+    epochs: int = 1
+    recompute_proximal: bool = False
+    nograd_factor: float = 1.0 / 3.0
+    bootstrap_factor: float = 1.0
+    sync_s: float = 0.0
+    overhead_s: float = 0.0
+    bootstrap_data_parallel: bool = False
+    """False (the runtime): one bootstrap forward per segment, ``infer(n / trainer_gpus)``, in
+    turn. True (the planner at scale): each trainer GPU bootstraps its share of the segments,
+    ``infer(n) / trainer_gpus`` per segment on average."""
+    seed: int = 0
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def num_rollout_workers(self) -> int:
+        return len(self.rollout_devices)
+
+
+def spec_from_config(cfg: Any, **extra: Any) -> SimSpec:
+    """The SimSpec of a run Config with the emulated policy (``asyncvla.bench.emulated``)."""
+    pol = cfg.policy.kwargs
+    sw, eta = cfg.schedule()
+    rt = cfg.runtime
+    if isinstance(rt.sharding, dict):
+        raise ValueError("the planner models round-robin sharding only")
+    return SimSpec(
+        num_managers=cfg.env.num_managers,
+        num_envs=cfg.env.num_envs,
+        num_env_workers=rt.num_env_workers,
+        rollout_steps=cfg.train.rollout_steps,
+        chunk_size=cfg.policy.chunk_size,
+        latency=dict(cfg.env.kwargs.get("latency") or {}),
+        infer=dict(pol.get("infer", {})),
+        train=dict(pol.get("train", {})),
+        rollout_devices=(pol["devices"]["rollout"],) * rt.num_rollout_workers,
+        rollout_gpus=float(pol["gpus"]["rollout"]),
+        trainer_devices=(pol["devices"]["trainer"],),
+        trainer_gpus=float(pol["gpus"]["trainer"]),
+        lockstep=not sw.env,
+        static_batching=not sw.rollout,
+        eta=eta,
+        streamer=sw.streamer,
+        max_batch_samples=rt.max_batch_samples,
+        batch_timeout_s=rt.batch_timeout_ms / 1000.0,
+        queue_segments=rt.queue_segments,
+        global_batch=cfg.global_batch(),
+        micro_batch=cfg.algo.minibatch_size,
+        epochs=cfg.algo.epochs,
+        recompute_proximal=cfg.algo.off_policy != "none" and cfg.algo.proximal == "recompute",
+        nograd_factor=float(pol.get("nograd_factor", 1.0 / 3.0)),
+        bootstrap_factor=float(pol.get("bootstrap_factor", 1.0)),
+        sync_s=float(pol.get("sync_s", 0.0)),
+        seed=cfg.seed,
+        **extra,
+    )
+
+
+@dataclass
+class Seg:
+    manager: int
+    target: int
+    closes: bool
+    batch_tickets: int
+    versions: list[int]
+    samples: int
+    env_steps: int
+
+
+class _Model:
+    def __init__(self, spec: SimSpec, updates: int) -> None:
+        self.s = spec
+        self.sim = Sim()
+        self.updates = updates
+        self.gate = StalenessGate(spec.global_batch)
+        names = sorted({*spec.rollout_devices, *spec.trainer_devices})
+        self.dev = {n: Mutex(self.sim, n) for n in names}
+        self.queue = Store(self.sim, spec.queue_segments)
+        self.rollouts = [_Rollout(self, r) for r in range(spec.num_rollout_workers)]
+        self.log: list[dict[str, float]] = []
+        self.decisions = 0
+
+    def run(self, until: float) -> None:
+        s = self.s
+        for w in range(s.num_env_workers):
+            managers = [m for m in range(s.num_managers) if m % s.num_env_workers == w]
+            self.sim.process(self._env_worker(managers))
+        for r in self.rollouts:
+            self.sim.process(r.loop())
+        self.sim.process(self._trainer())
+        self.sim.run(until)
+
+    # -- env workers ---------------------------------------------------------------------------------
+    def _env_worker(self, managers: list[int]) -> Generator[Event, Any, None]:
+        s, sim = self.s, self.sim
+        lat = {m: LatencyEmulator(s.latency, seed=s.seed * 1000 + m) for m in managers}
+        active = [s.num_envs] * s.chunk_size
+        ticket: dict[int, Any] = {}
+        versions: dict[int, list[int]] = {m: [] for m in managers}
+        pending: dict[int, Event] = {}
+        puts: list[Event] = []
+
+        def issue(m: int) -> None:
+            if m not in ticket:
+                ticket[m] = self.gate.acquire(s.num_envs * s.rollout_steps)
+            r = self.rollouts[m % s.num_rollout_workers]
+            pending[m] = r.request(m, s.num_envs, ticket[m].target_version)
+
+        for m in managers:
+            issue(m)
+        while True:
+            if s.lockstep:
+                yield all_of(sim, pending.values())
+                done = [m for m in managers if m in pending]
+            else:
+                first = yield any_of(sim, pending.values())
+                done = [next(m for m, e in pending.items() if e is first)]
+            for m in done:
+                versions[m].append(pending.pop(m).value)
+                yield sim.timeout(lat[m].delay_s(active))
+                self.decisions += s.num_envs
+                if len(versions[m]) == s.rollout_steps:
+                    t = ticket.pop(m)
+                    seg = Seg(
+                        m,
+                        t.target_version,
+                        t.closes_batch,
+                        t.batch_tickets,
+                        versions[m],
+                        s.num_envs * s.rollout_steps,
+                        s.num_envs * s.rollout_steps * s.chunk_size,
+                    )
+                    versions[m] = []
+                    puts.append(self.queue.put(seg))
+                    puts = [p for p in puts if not p.triggered]
+                    if len(puts) > s.queue_segments:
+                        yield all_of(sim, puts[: len(puts) - s.queue_segments])
+            for m in done:
+                issue(m)
+
+    # -- trainer -------------------------------------------------------------------------------------
+    def _t(self, seconds: float) -> Generator[Event, Any, None]:
+        return hold(self.sim, [self.dev[d] for d in self.s.trainer_devices], seconds)
+
+    def _train_cost(self, samples: int, grad: bool = True) -> float:
+        c = cost_s(self.s.train, samples / self.s.trainer_gpus)
+        return c if grad else c * self.s.nograd_factor
+
+    def _minibatches(self, total: int) -> Generator[Event, Any, None]:
+        mb = self.s.micro_batch
+        for start in range(0, total, mb):
+            yield from self._t(self._train_cost(min(mb, total - start)))
+
+    def _trainer(self) -> Generator[Event, Any, None]:
+        s, sim = self.s, self.sim
+        version, got, expected, done = 0, 0, None, 0
+        buffered: dict[int, list[Seg]] = {}
+        segs: list[Seg] = []
+        pending = 0
+        if s.bootstrap_data_parallel:
+            boot = s.bootstrap_factor * cost_s(s.infer, s.num_envs) / s.trainer_gpus
+        else:
+            boot = s.bootstrap_factor * cost_s(s.infer, s.num_envs / s.trainer_gpus)
+        while done < self.updates:
+            seg = yield self.queue.get()
+            buffered.setdefault(seg.target, []).append(seg)
+            while buffered.get(version):
+                seg = buffered[version].pop(0)
+                got += 1
+                if seg.closes:
+                    expected = seg.batch_tickets
+                segs.append(seg)
+                if s.streamer:
+                    if boot:
+                        yield from self._t(boot)
+                    pending += seg.samples
+                    while pending >= s.micro_batch:
+                        yield from self._t(self._train_cost(s.micro_batch))
+                        pending -= s.micro_batch
+                if expected is None or got != expected:
+                    continue
+                total = sum(x.samples for x in segs)
+                if s.streamer:
+                    if pending:
+                        yield from self._t(self._train_cost(pending))
+                    for _ in range(s.epochs - 1):
+                        yield from self._minibatches(total)
+                else:
+                    for _ in segs:
+                        if boot:
+                            yield from self._t(boot)
+                    if s.recompute_proximal:
+                        stale = sum(s.num_envs for x in segs for v in x.versions if v != version)
+                        for start in range(0, stale, s.micro_batch):
+                            yield from self._t(self._train_cost(min(s.micro_batch, stale - start), False))
+                    for _ in range(s.epochs):
+                        yield from self._minibatches(total)
+                version += 1
+                done += 1
+                self.log.append(
+                    {
+                        "t": sim.now,
+                        "version": version,
+                        "samples": total,
+                        "env_steps": sum(x.env_steps for x in segs),
+                        "staleness": sum(s.num_envs * (version - 1 - v) for x in segs for v in x.versions)
+                        / max(total, 1),
+                    }
+                )
+                for r in self.rollouts:
+                    r.offer(version)
+                segs, got, expected, pending = [], 0, None, 0
+        sim.stopped = True
+
+
+class _Rollout:
+    def __init__(self, model: _Model, worker: int) -> None:
+        s = model.s
+        self.m = model
+        self.sim = model.sim
+        self.device = model.dev[s.rollout_devices[worker]]
+        shards = {(m, 0) for m in range(s.num_managers) if m % s.num_rollout_workers == worker}
+        self.batcher = DynamicBatcher(
+            s.max_batch_samples, s.batch_timeout_s, shards if s.static_batching else None
+        )
+        self.version = 0
+        self.offered: int | None = None
+        self.wake = model.sim.event()
+        self.batch_sizes: list[int] = []
+
+    def request(self, manager: int, samples: int, target: int) -> Event:
+        reply = self.sim.event()
+        half = self.m.s.overhead_s / 2
+
+        def arrive() -> None:
+            self.batcher.add(Waiting((manager, target), samples, (manager, 0), self.sim.now, reply))
+            self.wake.succeed()
+
+        self.sim.at(self.sim.now + half, arrive)
+        return reply
+
+    def offer(self, version: int) -> None:
+        if version > self.version and (self.offered is None or version > self.offered):
+            self.offered = version
+            self.wake.succeed()
+
+    def loop(self) -> Generator[Event, Any, None]:
+        s, sim = self.m.s, self.sim
+        while True:
+            self.wake = sim.event()
+            if self.offered is not None:
+                v, self.offered = self.offered, None
+                if s.sync_s:
+                    yield from hold(sim, [self.device], s.sync_s)
+                self.version = v
+            v = self.version
+            adm = [w for w in self.batcher.waiting if admissible(w.request[1], v, s.eta)]
+            ready, _ = self.batcher.ready(sim.now, adm)
+            if ready:
+                batch = self.batcher.take(adm)
+                n = sum(w.samples for w in batch)
+                self.batch_sizes.append(n)
+                yield from hold(sim, [self.device], cost_s(s.infer, n / s.rollout_gpus))
+                for w in batch:
+                    sim.at(sim.now + s.overhead_s / 2, w.token.succeed, v)
+                continue
+            deadline = self.batcher.deadline()
+            waits = [self.wake]
+            if deadline is not None:
+                waits.append(sim.timeout(deadline - sim.now + 1e-9))  # float rounding
+            yield any_of(sim, waits)
+
+
+def simulate(spec: SimSpec, updates: int = 8, warmup: int = 2, max_sim_s: float = 1e7) -> dict[str, Any]:
+    """Run the model for ``updates`` trained batches; throughput over those after ``warmup``
+    (the same window as the bench: from the end of the last warm-up update to the last one)."""
+    if updates <= warmup:
+        raise ValueError("updates must exceed warmup")
+    model = _Model(spec, updates)
+    model.run(max_sim_s)
+    log = model.log
+    if len(log) < updates:
+        raise RuntimeError(f"simulation stalled after {len(log)} of {updates} updates")
+    first = log[warmup - 1] if warmup > 0 else {"t": 0.0}
+    window = log[warmup:]
+    dt = log[-1]["t"] - first["t"]
+    steps = sum(x["env_steps"] for x in window)
+    samples = sum(x["samples"] for x in window)
+    dev_busy = {n: d.busy_s / model.sim.now for n, d in model.dev.items()}
+    sizes = [b for r in model.rollouts for b in r.batch_sizes]
+    return {
+        "env_steps_per_s": steps / dt if dt > 0 else math.inf,
+        "decisions_per_s": samples / dt if dt > 0 else math.inf,
+        "update_s": dt / len(window),
+        "staleness_mean": sum(x["staleness"] * x["samples"] for x in window) / max(samples, 1),
+        "device_busy": dev_busy,
+        "mean_infer_batch": sum(sizes) / len(sizes) if sizes else 0.0,
+        "sim_s": model.sim.now,
+    }
+
+
+def with_overrides(spec: SimSpec, **kw: Any) -> SimSpec:
+    return replace(spec, **kw)
