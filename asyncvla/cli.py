@@ -134,11 +134,17 @@ def bench(
     ),
     time_scale: float | None = typer.Option(None, "--time-scale", help="Override the profile's time_scale."),
     address: str | None = typer.Option(None, "--address", help="Join a Ray cluster (auto or HOST:PORT)."),
+    tune: bool = typer.Option(
+        False,
+        "--tune",
+        help="Choose the streamer's max_batch_samples / batch_timeout_ms from measured latencies "
+        "and add a streamer-tuned row.",
+    ),
 ) -> None:
     """Throughput benchmark: one emulated workload under the RL-VLA^3 ablation modes."""
     from asyncvla.bench.__main__ import main as bench_main
 
-    argv = ["--workload", workload, "--repeats", str(repeats)]
+    argv = ["--workload", workload, "--repeats", str(repeats), *(["--tune"] if tune else [])]
     for flag, value in (
         ("--modes", modes),
         ("--out", out),
@@ -151,6 +157,48 @@ def bench(
     code = bench_main(argv)
     if code:
         raise typer.Exit(code=code)
+
+
+@app.command()
+def plan(
+    profile: str = typer.Option(
+        ..., "--profile", help="Profile in configs/bench (e.g. libero-oft7b) or a YAML path."
+    ),
+    gpus: str = typer.Option("8,16,32,64,128,256", "--gpus", help="Comma-separated GPU counts."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output directory (default runs/plan-<profile>-<time>)."
+    ),
+    schedules: str = typer.Option("sync,async", "--schedules", help="Schedules to simulate: sync, async."),
+    updates: int = typer.Option(6, "--updates", min=2, help="Simulated updates per candidate (2 warm-up)."),
+) -> None:
+    """Placement planner: simulate the runtime's scheduling on N GPUs and recommend a placement."""
+    import time
+
+    from rich.table import Table
+
+    from asyncvla.bench.planner import plan as run_plan
+    from asyncvla.bench.planner import table, write_plan
+    from asyncvla.bench.profiles import load_profile, resolve_profile
+
+    try:
+        path = resolve_profile(profile)
+        prof = load_profile(path)
+        counts = [int(g) for g in gpus.split(",") if g.strip()]
+        kinds = tuple(s.strip() for s in schedules.split(",") if s.strip())
+        if not counts or any(k not in ("sync", "async") for k in kinds) or not kinds:
+            raise ConfigError("--gpus needs GPU counts and --schedules sync and/or async")
+        result = run_plan(prof, counts, schedules=kinds, updates=updates, warmup=min(2, updates - 1))
+    except (ConfigError, ValueError) as e:
+        _fail(e)
+    dest = out or Path("runs") / f"plan-{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    js, png = write_plan(result, dest)
+    t = Table(title=f"plan: {result['workload']} (predicted, modelled machine's seconds)")
+    for col in ("GPUs", "recommended", "env steps/s", "per GPU", "vs sync colocated"):
+        t.add_column(col)
+    for row in table(result):
+        t.add_row(*row)
+    console.print(t)
+    console.print(f"written: {js}, {png}")
 
 
 @app.command()

@@ -160,6 +160,9 @@ class RuntimeConfig(_Strict):
     """Dynamic batching: a rollout batch closes at this many samples ..."""
     batch_timeout_ms: float = Field(10.0, ge=0.0)
     """... or this long after it opened, whichever comes first."""
+    auto_tune: bool = False
+    """Choose ``max_batch_samples`` and ``batch_timeout_ms`` at start from measured inference and
+    env-step latencies (``asyncvla.bench.tune``; docs/performance.md) instead of the values above."""
     queue_segments: int = Field(8, ge=1)
     """Capacity of the bounded segment queue in front of the trainer."""
     placement: Literal["colocated", "disaggregated", "hybrid"] = "colocated"

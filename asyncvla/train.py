@@ -172,6 +172,14 @@ def train(
     torch.manual_seed(cfg.seed)
     probe = probe_env(cfg)
     policy = build_policy(cfg, probe)
+    if cfg.runtime.auto_tune:
+        from asyncvla.bench.tune import auto_tune
+
+        cfg, _ = auto_tune(cfg, policy)
+        console.print(
+            f"auto-tune: max_batch_samples {cfg.runtime.max_batch_samples}, "
+            f"batch_timeout_ms {cfg.runtime.batch_timeout_ms:g}"
+        )
     probe.close()
     # Everything that can be refused is checked before the run directory is touched.
     ckpt = _latest_checkpoint(Path(run_path)) if resume else None

@@ -1,5 +1,5 @@
-"""``python -m asyncvla.bench --workload NAME [--modes a,b] [--out DIR] [--repeats N]``
-(the same as the planned ``asyncvla bench`` command)."""
+"""``python -m asyncvla.bench --workload NAME [--modes a,b] [--out DIR] [--repeats N] [--tune]``
+(the same as ``asyncvla bench``)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--time-scale", type=float, default=None, help="override the profile's time_scale")
     ap.add_argument("--address", default=None, help="Ray cluster to join (default: start a local one)")
+    ap.add_argument(
+        "--tune",
+        action="store_true",
+        help="choose the streamer's max_batch_samples / batch_timeout_ms from measured latencies "
+        "and add a streamer-tuned row",
+    )
     args = ap.parse_args(argv)
 
     from asyncvla.runtime.rayenv import prepare_ray_env
@@ -44,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             time_scale=args.time_scale,
             address=args.address,
             console=console,
+            tune=args.tune,
         )
     except (ConfigError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncvla.bench.analysis import analyze_run
+from asyncvla.bench.memory import PeakMemory
 from asyncvla.bench.profiles import (
     BASELINE,
     LABELS,
@@ -63,12 +64,13 @@ def run_mode(
     state: dict[str, Any] = {"update": 0, "env_steps": 0, "wall_s": 0.0}
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    rt = Runtime(cfg, policy, cfg.policy.name, run_dir, state, None)
-    t_ready = time.perf_counter()
-    try:
-        rt.run(updates, rows.extend)
-    finally:
-        rt.shutdown()
+    with PeakMemory() as mem:
+        rt = Runtime(cfg, policy, cfg.policy.name, run_dir, state, None)
+        t_ready = time.perf_counter()
+        try:
+            rt.run(updates, rows.extend)
+        finally:
+            rt.shutdown()
     t_end = time.perf_counter()
     with (run_dir / "metrics.jsonl").open("w") as f:
         for r in rows:
@@ -85,11 +87,19 @@ def run_mode(
     out.update(
         mode=mode,
         run_dir=str(run_dir),
+        max_batch_samples=cfg.runtime.max_batch_samples,
+        batch_timeout_ms=cfg.runtime.batch_timeout_ms,
         updates=updates,
         start_s=t_ready - t0,
         run_s=t_end - t_ready,
+        **mem.result(),
     )
     return out
+
+
+def _max_or_none(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return max(vals) if vals else None
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -134,6 +144,12 @@ def summarize(profile: Profile, runs: dict[str, list[dict[str, Any]]], time_scal
                 "staleness_mean": statistics.mean([r["staleness_mean"] for r in rs]),
                 "staleness_max": int(max(r["staleness_max"] for r in rs)),
                 "rejected_samples": int(sum(r["rejected_samples"] for r in rs)),
+                "peak_total_mb": _max_or_none([r.get("peak_total_mb") for r in rs]),
+                "peak_process_mb": _max_or_none([r.get("peak_process_mb") for r in rs]),
+                "runtime": {
+                    "max_batch_samples": rs[0].get("max_batch_samples"),
+                    "batch_timeout_ms": rs[0].get("batch_timeout_ms"),
+                },
                 "runs": [
                     {
                         k: r[k]
@@ -184,6 +200,8 @@ def write_csv(result: dict[str, Any], path: Path) -> None:
         "busy_sync",
         "staleness_mean",
         "staleness_max",
+        "peak_total_mb",
+        "peak_process_mb",
     ]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
@@ -205,6 +223,8 @@ def write_csv(result: dict[str, Any], path: Path) -> None:
                     *(f"{m['busy'].get(k, 0.0):.4f}" for k in ("env", "rollout", "train", "sync")),
                     f"{m['staleness_mean']:.4f}",
                     m["staleness_max"],
+                    "" if m.get("peak_total_mb") is None else f"{m['peak_total_mb']:.0f}",
+                    "" if m.get("peak_process_mb") is None else f"{m['peak_process_mb']:.0f}",
                 ]
             )
 
@@ -340,6 +360,7 @@ def print_table(result: dict[str, Any], console: Any) -> None:
         "bottleneck",
         "busy env/roll/train/sync",
         "staleness mean/max",
+        "peak MB total/process",
     ):
         table.add_column(col)
     for m in result["modes"]:
@@ -354,6 +375,7 @@ def print_table(result: dict[str, Any], console: Any) -> None:
             m["bottleneck"],
             "/".join(f"{b.get(k, 0.0):.2f}" for k in ("env", "rollout", "train", "sync")),
             f"{m['staleness_mean']:.2f}/{m['staleness_max']}",
+            "-" if m.get("peak_total_mb") is None else f"{m['peak_total_mb']:.0f}/{m['peak_process_mb']:.0f}",
         )
     console.print(table)
 
@@ -369,11 +391,14 @@ def run_bench(
     timeline_mode: str | None = None,
     plots: bool = True,
     console: Any = None,
+    tune: bool = False,
 ) -> dict[str, Any]:
     """Run every mode ``repeats`` times, alternating (A B A B ...), and write the results.
 
     ``env_steps_per_mode``: env steps measured per run after the warm-up updates (None: 4 updates).
-    ``time_scale`` overrides the profile's. Returns what ``bench.json`` holds.
+    ``time_scale`` overrides the profile's. ``tune``: choose the streamer's dynamic batching from
+    measured latencies (``tune.tune_profile``) and add a ``streamer-tuned`` row next to the
+    ``streamer`` row. Returns what ``bench.json`` holds.
     """
     import ray
 
@@ -386,6 +411,24 @@ def run_bench(
     if repeats < 1:
         raise ConfigError("repeats: must be >= 1")
     scale = profile.time_scale if time_scale is None else float(time_scale)
+    tuning = None
+    if tune:
+        from asyncvla.bench.tune import tune_profile
+
+        tuning = tune_profile(profile, "streamer", scale)
+        profile.modes[tuning["tuned_mode"]] = {
+            **profile.mode_overrides("streamer"),
+            "runtime.max_batch_samples": tuning["tuned"]["max_batch_samples"],
+            "runtime.batch_timeout_ms": tuning["tuned"]["batch_timeout_ms"],
+        }
+        modes = [m for m in modes if m != tuning["tuned_mode"]]
+        modes = [*modes, *(["streamer"] if "streamer" not in modes else []), tuning["tuned_mode"]]
+        if console is not None:
+            console.print(
+                f"  tune: max_batch_samples {tuning['tuned']['max_batch_samples']}, batch_timeout_ms "
+                f"{tuning['tuned']['batch_timeout_ms']:g} (default {tuning['default']['max_batch_samples']}, "
+                f"{tuning['default']['batch_timeout_ms']:g})"
+            )
     out = Path(out_dir)
     if (out / "bench.json").exists():
         raise FileExistsError(f"{out} already holds a benchmark; choose another out_dir")
@@ -413,6 +456,7 @@ def run_bench(
         updates_per_run=updates,
         warmup_updates=profile.warmup_updates,
         profile=str(profile_path),
+        tune=tuning,
     )
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     write_csv(result, out / "bench.csv")

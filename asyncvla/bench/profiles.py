@@ -82,6 +82,7 @@ LABELS = {
     "rollout-async": "+ rollout async",
     "streamer": "+ streamer",
     "full-async": "full async (no streamer)",
+    "streamer-tuned": "+ streamer, tuned batching",
 }
 BASELINE = "sync-colocated"
 

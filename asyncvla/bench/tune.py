@@ -87,38 +87,46 @@ def choose(n: int, managers: int, t_step: float, k: int, infer: dict[str, float]
     }
 
 
-def measure(
-    cfg: Any, policy: Any, env: Any, sizes: list[int] | None = None, repeats: int = 3
-) -> dict[str, Any]:
-    """Time ``policy.act`` at a few batch sizes (fit c(B)) and ``env.step`` of a chunk (t_step)."""
+def measure(cfg: Any, policy: Any, sizes: list[int] | None = None, repeats: int = 3) -> dict[str, Any]:
+    """Time ``policy.act`` at a few batch sizes (fit c(B)) and ``env.step`` of one manager's chunk
+    (t_step) on an env of ``env.num_envs`` envs built here."""
     import torch
 
-    from asyncvla.runtime.types import concat_obs
+    from asyncvla.envs import make_env
+    from asyncvla.runtime.types import concat_obs, take_obs
 
     n = cfg.env.num_envs
     total = n * cfg.env.num_managers
     sizes = sizes or sorted({n, *(n * k for k in (2, 4, 8) if n * k <= total), total})
-    obs, _ = env.reset(seed=list(range(n)))
-    points: dict[int, float] = {}
-    with torch.no_grad():
+    env = make_env(cfg.env.name, num_envs=n, **cfg.env.kwargs)
+    try:
+        obs, _ = env.reset(seed=list(range(n)))
+        points: dict[int, float] = {}
+        was = policy.training
         policy.eval()
-        for b in sizes:
-            batch = concat_obs([obs] * math.ceil(b / n))
-            batch = {k: (v[:b] if not isinstance(v, list) else v[:b]) for k, v in batch.items()}
-            ts = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                out = policy.act(batch)
-                ts.append(time.perf_counter() - t0)
-            points[b] = statistics.median(ts)
-        acts = policy.act(obs).actions
-    steps = []
-    for _ in range(repeats + 2):
-        t0 = time.perf_counter()
-        env.step(np.asarray(acts))
-        steps.append(time.perf_counter() - t0)
-    del out
-    return {"infer_points_s": points, "infer": fit_cost(points, min_x=1), "t_step_s": statistics.mean(steps)}
+        with torch.no_grad():
+            for b in sizes:
+                batch = take_obs(concat_obs([obs] * math.ceil(b / n)), np.arange(b))
+                ts = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    policy.act(batch)
+                    ts.append(time.perf_counter() - t0)
+                points[b] = statistics.median(ts)
+            actions = np.asarray(policy.act(obs).actions)
+        policy.train(was)
+        steps = []
+        for _ in range(repeats + 2):
+            t0 = time.perf_counter()
+            env.step(actions)
+            steps.append(time.perf_counter() - t0)
+    finally:
+        env.close()
+    return {
+        "infer_points_s": points,
+        "infer": fit_cost(points, min_x=min(sizes)),
+        "t_step_s": statistics.mean(steps),
+    }
 
 
 def tune_config(cfg: Any, measured: dict[str, Any]) -> dict[str, Any]:
@@ -134,3 +142,68 @@ def tune_config(cfg: Any, measured: dict[str, Any]) -> dict[str, Any]:
         **{k: v for k, v in measured.items()},
     }
     return out
+
+
+def auto_tune(cfg: Any, policy: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Measure and choose; returns the config with the tuned ``runtime.max_batch_samples`` and
+    ``runtime.batch_timeout_ms`` and what was measured and chosen (``runtime.auto_tune: true``).
+
+    The timings are taken in the calling process (its torch threads, not a rollout worker's)."""
+    from asyncvla.train import build_policy, probe_env
+
+    if policy is None:
+        probe = probe_env(cfg)
+        policy = build_policy(cfg, probe)
+        probe.close()
+    measured = measure(cfg, policy)
+    choice = tune_config(cfg, measured)
+    rt = cfg.runtime.model_copy(
+        update={
+            "max_batch_samples": int(choice["max_batch_samples"]),
+            "batch_timeout_ms": float(choice["batch_timeout_ms"]),
+        }
+    )
+    return cfg.model_copy(update={"runtime": rt}), choice
+
+
+TUNED_SUFFIX = "-tuned"
+
+
+def tune_profile(profile: Any, mode: str = "streamer", time_scale: float | None = None) -> dict[str, Any]:
+    """``bench --tune``: measure one mode's policy and env here, choose B_max / T_max, and predict
+    (discrete-event simulation) the mode with its default and with the tuned values."""
+    import tempfile
+    from dataclasses import replace
+
+    from asyncvla.bench.profiles import mode_config
+    from asyncvla.bench.simulate import simulate, spec_from_config
+    from asyncvla.train import build_policy, probe_env
+
+    with tempfile.TemporaryDirectory() as lock_dir:
+        cfg = mode_config(profile, mode, 1, "tune", lock_dir, hold_log=False, time_scale=time_scale)
+        probe = probe_env(cfg)
+        policy = build_policy(cfg, probe)
+        probe.close()
+        policy.on_placed("rollout")
+        choice = tune_config(cfg, measure(cfg, policy))
+    spec = spec_from_config(cfg)
+    tuned = replace(
+        spec,
+        max_batch_samples=choice["max_batch_samples"],
+        batch_timeout_s=choice["batch_timeout_ms"] / 1000.0,
+    )
+    return {
+        "mode": mode,
+        "tuned_mode": mode + TUNED_SUFFIX,
+        "default": {
+            "max_batch_samples": cfg.runtime.max_batch_samples,
+            "batch_timeout_ms": cfg.runtime.batch_timeout_ms,
+        },
+        "tuned": {k: choice[k] for k in ("max_batch_samples", "batch_timeout_ms")},
+        "formula_prediction": choice["predicted"],
+        "inputs": choice["inputs"],
+        "simulated_env_steps_per_s": {
+            "default": simulate(spec, updates=12, warmup=2)["env_steps_per_s"],
+            "tuned": simulate(tuned, updates=12, warmup=2)["env_steps_per_s"],
+        },
+    }
