@@ -10,6 +10,8 @@ render context, so every env worker process renders on its own. Cameras are rend
 (and after a reset), not at every physics step, into an offscreen buffer of the image's size,
 with shadows off and without multisampling unless ``antialias=True`` (robosuite's default of 4x
 MSAA costs ~2.5x per frame on software OpenGL; LIBERO's scene lights cast no shadows already).
+``reflections=False`` halves the frame cost again (LIBERO's scenes have ~700k mesh vertices and
+reflective surfaces; the frame cost hardly depends on the image size).
 """
 
 from __future__ import annotations
@@ -185,6 +187,7 @@ class LiberoVecEnv(VectorEnv):
         settle_steps: int = 10,
         max_episode_steps: int | None = None,
         antialias: bool = False,
+        reflections: bool = True,
         seed: int = 0,
     ) -> None:
         self.num_envs = _check_int("num_envs", num_envs, 1)
@@ -192,11 +195,12 @@ class LiberoVecEnv(VectorEnv):
             raise ValueError(f"suite must be one of {', '.join(SUITE_MAX_STEPS)}; got {suite!r}")
         self.suite = suite
         self.image_size = _check_int("image_size", image_size, 16, 1024)
-        flags = {"wrist_camera": wrist_camera, "antialias": antialias}
+        flags = {"wrist_camera": wrist_camera, "antialias": antialias, "reflections": reflections}
         for name, flag in flags.items():
             if not isinstance(flag, (bool, np.bool_)):
                 raise ValueError(f"{name} must be a bool, got {flag!r}")
         self.wrist_camera, self.antialias = bool(wrist_camera), bool(antialias)
+        self.reflections = bool(reflections)
         self.settle_steps = _check_int("settle_steps", settle_steps, 0, 1000)
         self.max_episode_steps = (
             SUITE_MAX_STEPS[suite]
@@ -290,8 +294,11 @@ class LiberoVecEnv(VectorEnv):
     def _render(self, sim: Any, camera: str) -> np.ndarray:
         import mujoco
 
+        flags = sim.sim._render_context_offscreen.scn.flags
         # LIBERO's lights cast no shadows already; this keeps shadows off for any scene.
-        sim.sim._render_context_offscreen.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        # Reflective table tops render the scene twice: ~2x per frame on software OpenGL.
+        flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = int(self.reflections)
         # OpenGL rows run bottom-up: flip vertically to get the upright camera image.
         return sim.sim.render(camera_name=camera, width=self.image_size, height=self.image_size)[::-1]
 

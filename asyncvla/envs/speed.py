@@ -26,6 +26,7 @@ def benchmark_env(
 
     Done envs are reset as a rollout worker would, and resets are timed too. ``env_steps_per_s``
     counts executed actions; ``decisions_per_s`` counts executed chunks (policy queries).
+    ``env_steps_per_cpu_s`` divides by this process's CPU time instead of wall time.
     """
     if chunk_size < 1 or num_envs < 1 or steps < 1:
         raise ValueError("num_envs, chunk_size and steps must all be >= 1")
@@ -34,7 +35,7 @@ def benchmark_env(
     rng = np.random.default_rng(seed)
     env.reset(seed=seed)
     env_steps = decisions = 0
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     while env_steps < steps:
         actions = rng.uniform(space.low, space.high, (num_envs, chunk_size, *space.shape)).astype(np.float32)
         _, _, terminated, truncated, info = env.step(actions)
@@ -44,11 +45,15 @@ def benchmark_env(
         if done.size:
             env.reset(options={"env_indices": done.tolist()})
     elapsed = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu_start
     env.close()
     image_size = env.single_observation_space["image"].shape[0]
     return {
         "env_steps_per_s": env_steps / elapsed,
         "decisions_per_s": decisions / elapsed,
+        # CPU seconds of this process (all its threads): steps per CPU second stay comparable on a
+        # machine that other jobs share, where wall-clock rates depend on their load.
+        "env_steps_per_cpu_s": env_steps / max(cpu_s, 1e-9),
         "num_envs": num_envs,
         "chunk_size": chunk_size,
         "image_size": image_size,

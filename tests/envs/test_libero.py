@@ -83,7 +83,9 @@ def test_bad_kwargs_fail_clearly():
 
 
 def test_single_env_wrapper_passes_check_env_and_truncates_inside_a_chunk():
-    venv = make_env("libero", num_envs=1, task_ids=0, image_size=32, max_episode_steps=6, settle_steps=1)
+    venv = make_env(
+        "libero", num_envs=1, image_size=32, max_episode_steps=6, settle_steps=1, reflections=False
+    )
     try:
         single = SingleEnv(venv, chunk_size=2)
         check_env(single, skip_render_check=True)
