@@ -85,8 +85,9 @@ def _load_init_states(path: str) -> np.ndarray:
     """A task's init states (float64 [50, D]) via torch's restricted unpickler, not plain pickle."""
     import torch
 
+    core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1.26
     allowed = [
-        (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+        (core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
         np.ndarray,
         np.dtype,
         np.dtypes.Float64DType,
