@@ -16,17 +16,27 @@ Each segment holds a staleness ticket (``gate.Ticket``) taken before its first d
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
 
-from asyncvla.envs import make_env
+from asyncvla.envs import ENVS, make_env
 from asyncvla.envs.base import ObsBatch
 from asyncvla.runtime.gate import Ticket
 from asyncvla.runtime.types import ActionReply, ObsRequest, Segment, take_obs
 
 TRAIN_INIT_STATES = 1_000_000
 """Training draws init states below this; evaluation and demos use disjoint ranges above it."""
+
+
+def manager_env_kwargs(env_name: str, env_kwargs: dict[str, Any], manager_id: int) -> dict[str, Any]:
+    """Each manager's env gets its own random streams (e.g. the emulated step latency): an env
+    that takes a ``seed`` gets the configured one (default 0) plus the manager id, so managers do
+    not draw identical latencies in lockstep. Manager 0 keeps the configured seed."""
+    if manager_id == 0 or "seed" not in inspect.signature(ENVS.get(env_name)).parameters:
+        return dict(env_kwargs)
+    return {**env_kwargs, "seed": int(env_kwargs.get("seed", 0)) + manager_id}
 
 
 def _stack_obs(steps: list[ObsBatch]) -> ObsBatch:
@@ -52,7 +62,9 @@ class EnvManager:
         if not 1 <= num_shards <= num_envs:
             raise ValueError(f"num_shards must be in 1..{num_envs}; got {num_shards}")
         self.manager_id = manager_id
-        self.env = make_env(env_name, num_envs=num_envs, **env_kwargs)
+        self.env = make_env(
+            env_name, num_envs=num_envs, **manager_env_kwargs(env_name, env_kwargs, manager_id)
+        )
         self.n = num_envs
         self.env_ids = np.arange(manager_id * num_envs, (manager_id + 1) * num_envs, dtype=np.int64)
         self.rollout_steps = rollout_steps
