@@ -169,7 +169,7 @@ def plan(
         None, "--out", help="Output directory (default runs/plan-<profile>-<time>)."
     ),
     schedules: str = typer.Option("sync,async", "--schedules", help="Schedules to simulate: sync, async."),
-    updates: int = typer.Option(6, "--updates", min=2, help="Simulated updates per candidate (2 warm-up)."),
+    updates: int = typer.Option(10, "--updates", min=2, help="Simulated updates per candidate (2 warm-up)."),
 ) -> None:
     """Placement planner: simulate the runtime's scheduling on N GPUs and recommend a placement."""
     import time
@@ -193,7 +193,7 @@ def plan(
     dest = out or Path("runs") / f"plan-{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     js, png = write_plan(result, dest)
     t = Table(title=f"plan: {result['workload']} (predicted, modelled machine's seconds)")
-    for col in ("GPUs", "recommended", "env steps/s", "per GPU", "vs sync colocated"):
+    for col in ("GPUs", "recommended", "env steps/s", "per GPU", "GPU busy", "vs sync colocated"):
         t.add_column(col)
     for row in table(result):
         t.add_row(*row)

@@ -24,10 +24,12 @@ from asyncvla.bench.profiles import (
     BASELINE,
     LABELS,
     Profile,
+    RealProfile,
     load_profile,
     mode_config,
     nominal_costs,
 )
+from asyncvla.bench.simulate import simulate, spec_from_config
 from asyncvla.bench.vdevice import read_holds
 from asyncvla.config import ConfigError, dump_config
 
@@ -36,8 +38,12 @@ def updates_for(profile: Profile, env_steps: int | None, measure_updates: int = 
     """Measured updates for about ``env_steps`` env steps per mode (None: ``measure_updates``)."""
     if env_steps is None:
         return measure_updates
-    e = profile.env
-    per_update = e.num_managers * e.num_envs * profile.rollout_steps * profile.chunk_size
+    if isinstance(profile, RealProfile):
+        cfg = mode_config(profile, BASELINE, 1)
+        per_update = cfg.global_batch() * cfg.policy.chunk_size
+    else:
+        e = profile.env
+        per_update = e.num_managers * e.num_envs * profile.rollout_steps * profile.chunk_size
     return max(1, math.ceil(env_steps / per_update))
 
 
@@ -76,13 +82,14 @@ def run_mode(
         for r in rows:
             f.write(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}) + "\n")
     events = read_events(run_dir / "events.jsonl")
-    holds = read_holds(lock_dir, run_id)
+    holds = read_holds(lock_dir, run_id) if lock_dir.is_dir() else []
     with (run_dir / "holds.jsonl").open("w") as f:
         for h in holds:
             f.write(json.dumps(h) + "\n")
-    for p in lock_dir.glob("*"):
-        p.unlink()
-    lock_dir.rmdir()
+    if lock_dir.is_dir():
+        for p in lock_dir.glob("*"):
+            p.unlink()
+        lock_dir.rmdir()
     out = analyze_run(cfg, rows, events, holds, warmup=profile.warmup_updates)
     out.update(
         mode=mode,
@@ -116,8 +123,13 @@ def summarize(profile: Profile, runs: dict[str, list[dict[str, Any]]], time_scal
         bound_steps = statistics.median([r["bound_env_steps_per_s"] for r in rs])
         bound = statistics.median([r["bound"] for r in rs])
         speedup = med / base_median if base_median else None
-        nominal = nominal_costs(profile, name, time_scale)
-        nominal_steps = nominal["bound_samples_per_s"] * nominal["env_steps_per_sample"]
+        nominal_steps = predicted = None
+        nominal: dict[str, Any] = {"bound": None, "bottleneck": None}
+        if not isinstance(profile, RealProfile):
+            nominal = nominal_costs(profile, name, time_scale)
+            nominal_steps = nominal["bound_samples_per_s"] * nominal["env_steps_per_sample"]
+            spec = spec_from_config(mode_config(profile, name, 12, time_scale=time_scale))
+            predicted = simulate(spec, updates=12, warmup=2)["env_steps_per_s"]
         modes.append(
             {
                 "name": name,
@@ -133,6 +145,8 @@ def summarize(profile: Profile, runs: dict[str, list[dict[str, Any]]], time_scal
                 "nominal_bound": nominal["bound"],
                 "nominal_bound_env_steps_per_s": nominal_steps,
                 "nominal_bottleneck": nominal["bottleneck"],
+                "predicted_env_steps_per_s": predicted,
+                "measured_over_predicted": med / predicted if predicted else None,
                 "busy": {k: statistics.median([r["busy"][k] for r in rs]) for k in rs[0]["busy"]},
                 "device_busy": {
                     k: statistics.median([r["device_busy"].get(k, 0.0) for r in rs])
@@ -177,7 +191,8 @@ def summarize(profile: Profile, runs: dict[str, list[dict[str, Any]]], time_scal
         "units": "env steps/s: simulator steps per wall-clock second (each action of a chunk once); "
         "bound: sum of measured per-sample stage costs / largest per-resource load; "
         "achieved_over_bound: env_steps_per_s / bound_env_steps_per_s; "
-        "speedup_over_bound: speedup_vs_sync / bound",
+        "speedup_over_bound: speedup_vs_sync / bound; "
+        "predicted_env_steps_per_s: the planner's discrete-event simulation of the same mode",
         "baseline": BASELINE,
         "modes": modes,
     }
@@ -194,6 +209,7 @@ def write_csv(result: dict[str, Any], path: Path) -> None:
         "bound_env_steps_per_s",
         "achieved_over_bound",
         "bottleneck",
+        "predicted_env_steps_per_s",
         "busy_env",
         "busy_rollout",
         "busy_train",
@@ -220,6 +236,7 @@ def write_csv(result: dict[str, Any], path: Path) -> None:
                     f"{m['bound_env_steps_per_s']:.3f}",
                     f"{m['achieved_over_bound']:.4f}",
                     m["bottleneck"],
+                    "" if m["predicted_env_steps_per_s"] is None else f"{m['predicted_env_steps_per_s']:.3f}",
                     *(f"{m['busy'].get(k, 0.0):.4f}" for k in ("env", "rollout", "train", "sync")),
                     f"{m['staleness_mean']:.4f}",
                     m["staleness_max"],
@@ -248,6 +265,8 @@ def plot_throughput(result: dict[str, Any], path: Path) -> None:
             b, i - 0.4, i + 0.4, colors="#C44E52", linewidth=2, label="pipeline bound" if i == 0 else None
         )
         nb = m["nominal_bound_env_steps_per_s"]
+        if nb is None:
+            continue
         ax.hlines(
             nb,
             i - 0.4,
@@ -263,7 +282,7 @@ def plot_throughput(result: dict[str, Any], path: Path) -> None:
     top = max(
         [m["env_steps_per_s"]["max"] for m in modes]
         + [m["bound_env_steps_per_s"] for m in modes]
-        + [m["nominal_bound_env_steps_per_s"] for m in modes]
+        + [m["nominal_bound_env_steps_per_s"] or 0.0 for m in modes]
     )
     ax.set_ylim(0, 1.35 * top)
     ax.set_ylabel("env steps/s")
@@ -358,6 +377,7 @@ def print_table(result: dict[str, Any], console: Any) -> None:
         "bound",
         "achieved/bound",
         "bottleneck",
+        "predicted (DES)",
         "busy env/roll/train/sync",
         "staleness mean/max",
         "peak MB total/process",
@@ -373,6 +393,7 @@ def print_table(result: dict[str, Any], console: Any) -> None:
             f"{m['bound']:.2f} ({m['bound_env_steps_per_s']:.0f}/s)",
             f"{m['achieved_over_bound']:.2f}",
             m["bottleneck"],
+            "-" if m["predicted_env_steps_per_s"] is None else f"{m['predicted_env_steps_per_s']:.0f}",
             "/".join(f"{b.get(k, 0.0):.2f}" for k in ("env", "rollout", "train", "sync")),
             f"{m['staleness_mean']:.2f}/{m['staleness_max']}",
             "-" if m.get("peak_total_mb") is None else f"{m['peak_total_mb']:.0f}/{m['peak_process_mb']:.0f}",

@@ -163,12 +163,42 @@ class Profile(_Strict):
         return [*MODES, *(m for m in self.modes if m not in MODES)]
 
 
-def load_profile(path: str | Path) -> Profile:
+class RealProfile(_Strict):
+    """A real workload: a training config run as it is (its own env and policy, e.g. tabletop +
+    TinyVLA on this machine's CPU), with dotted ``overrides`` and the same modes. No emulated
+    devices: no nominal bound and no planner prediction; the measured bound comes from the event
+    log (``analysis``)."""
+
+    workload: str
+    kind: Literal["real"]
+    description: str = ""
+    config: str
+    """Training config YAML, relative to the repository root (or absolute)."""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    modes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    warmup_updates: int = Field(1, ge=0)
+    time_scale: float = 1.0
+
+    mode_overrides = Profile.mode_overrides
+    all_modes = Profile.all_modes
+
+    def config_tree(self) -> dict[str, Any]:
+        path = Path(self.config)
+        if not path.is_absolute():
+            path = Path(__file__).resolve().parents[2] / path
+        if not path.is_file():
+            raise ConfigError(f"profile {self.workload}: config {path} does not exist")
+        return yaml.safe_load(path.read_text()) or {}
+
+
+def load_profile(path: str | Path) -> Profile | RealProfile:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"profile {p} does not exist")
     try:
         tree = yaml.safe_load(p.read_text()) or {}
+        if isinstance(tree, dict) and tree.get("kind") == "real":
+            return RealProfile.model_validate(tree)
         return Profile.model_validate(tree)
     except yaml.YAMLError as e:
         raise ConfigError(f"profile {p} is not valid YAML: {str(e).splitlines()[0]}") from None
@@ -204,7 +234,10 @@ def mode_config(
     hold_log: bool = True,
     time_scale: float | None = None,
 ) -> Config:
-    """The full run Config of one mode of a profile (emulated policy, tabletop env with latency)."""
+    """The full run Config of one mode of a profile (emulated policy, tabletop env with latency;
+    a real profile: its training config with its overrides)."""
+    if isinstance(profile, RealProfile):
+        return _real_config(profile, mode, updates)
     s = profile.time_scale if time_scale is None else time_scale
     over = profile.mode_overrides(mode)
     placement = _placement_name(over, profile.config)
@@ -250,6 +283,25 @@ def mode_config(
         "runtime": {"num_env_workers": env.num_env_workers, "num_rollout_workers": 1},
     }
     for key, value in {**profile.config, **over}.items():
+        set_dotted(tree, key, copy.deepcopy(value))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"mode {mode!r}: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+
+
+def _real_config(profile: RealProfile, mode: str, updates: int) -> Config:
+    tree = profile.config_tree()
+    over = {
+        **profile.overrides,
+        **profile.mode_overrides(mode),
+        "name": f"bench-{profile.workload}-{mode}",
+        "train.updates": updates,
+        "train.checkpoint_every": updates + 1,
+        "train.eval_every": 0,
+    }
+    for key, value in over.items():
         set_dotted(tree, key, copy.deepcopy(value))
     try:
         return Config.model_validate(tree)

@@ -82,7 +82,11 @@ class SimSpec:
     """False (the runtime): one bootstrap forward per segment, ``infer(n / trainer_gpus)``, in
     turn. True (the planner at scale): each trainer GPU bootstraps its share of the segments,
     ``infer(n) / trainer_gpus`` per segment on average."""
+    env_seed: int = 0
+    """The env's ``seed`` kwarg: manager m draws latencies as the runtime's env does, from
+    ``LatencyEmulator(latency, seed=env_seed + m)`` (``env_worker.manager_env_kwargs``)."""
     seed: int = 0
+    """Varies the draws (0: exactly the runtime's latency streams)."""
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -124,7 +128,7 @@ def spec_from_config(cfg: Any, **extra: Any) -> SimSpec:
         nograd_factor=float(pol.get("nograd_factor", 1.0 / 3.0)),
         bootstrap_factor=float(pol.get("bootstrap_factor", 1.0)),
         sync_s=float(pol.get("sync_s", 0.0)),
-        seed=cfg.seed,
+        env_seed=int(cfg.env.kwargs.get("seed", 0)),
         **extra,
     )
 
@@ -166,7 +170,7 @@ class _Model:
     # -- env workers ---------------------------------------------------------------------------------
     def _env_worker(self, managers: list[int]) -> Generator[Event, Any, None]:
         s, sim = self.s, self.sim
-        lat = {m: LatencyEmulator(s.latency, seed=s.seed * 1000 + m) for m in managers}
+        lat = {m: LatencyEmulator(s.latency, seed=s.env_seed + m + 100_003 * s.seed) for m in managers}
         active = [s.num_envs] * s.chunk_size
         ticket: dict[int, Any] = {}
         versions: dict[int, list[int]] = {m: [] for m in managers}

@@ -175,7 +175,7 @@ def tune_profile(profile: Any, mode: str = "streamer", time_scale: float | None 
     import tempfile
     from dataclasses import replace
 
-    from asyncvla.bench.profiles import mode_config
+    from asyncvla.bench.profiles import RealProfile, mode_config
     from asyncvla.bench.simulate import simulate, spec_from_config
     from asyncvla.train import build_policy, probe_env
 
@@ -186,11 +186,16 @@ def tune_profile(profile: Any, mode: str = "streamer", time_scale: float | None 
         probe.close()
         policy.on_placed("rollout")
         choice = tune_config(cfg, measure(cfg, policy))
-    spec = spec_from_config(cfg)
-    tuned = replace(
-        spec,
-        max_batch_samples=choice["max_batch_samples"],
-        batch_timeout_s=choice["batch_timeout_ms"] / 1000.0,
+    real = isinstance(profile, RealProfile)
+    spec = None if real else spec_from_config(cfg)
+    tuned = (
+        None
+        if real
+        else replace(
+            spec,
+            max_batch_samples=choice["max_batch_samples"],
+            batch_timeout_s=choice["batch_timeout_ms"] / 1000.0,
+        )
     )
     return {
         "mode": mode,
@@ -202,7 +207,9 @@ def tune_profile(profile: Any, mode: str = "streamer", time_scale: float | None 
         "tuned": {k: choice[k] for k in ("max_batch_samples", "batch_timeout_ms")},
         "formula_prediction": choice["predicted"],
         "inputs": choice["inputs"],
-        "simulated_env_steps_per_s": {
+        "simulated_env_steps_per_s": None
+        if real
+        else {
             "default": simulate(spec, updates=12, warmup=2)["env_steps_per_s"],
             "tuned": simulate(tuned, updates=12, warmup=2)["env_steps_per_s"],
         },

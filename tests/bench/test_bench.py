@@ -37,6 +37,8 @@ def test_run_bench_balanced_writes_a_valid_bench_json(tmp_path):
         assert 0 < m["achieved_over_bound"] <= 1.15
         assert set(m["busy"]) == {"env", "rollout", "train", "sync"}
         assert m["runs"][0]["updates_measured"] == 2
+        assert m["peak_total_mb"] >= m["peak_process_mb"] > 50  # driver + Ray workers, sampled
+        assert m["runtime"]["max_batch_samples"] == 64
     sync, stream = data["modes"]
     assert sync["speedup_vs_sync"] == pytest.approx(1.0)
     # measured per-sample costs give the placement's bound: shared device 1.5, separate ones 3

@@ -8,6 +8,8 @@ import pytest
 from asyncvla.bench.analysis import analyze_run
 from asyncvla.bench.profiles import (
     MODES,
+    POLICY_NAME,
+    RealProfile,
     derive_h200,
     load_profile,
     mode_config,
@@ -84,8 +86,23 @@ def test_every_profile_builds_every_mode(path):
     assert p.workload == path.stem
     for mode in p.all_modes():
         cfg = mode_config(p, mode, updates=2)
+        assert cfg.global_batch() > 0 and cfg.train.updates == 2
+        if isinstance(p, RealProfile):  # its own policy and env; no nominal bound
+            assert cfg.policy.name != POLICY_NAME and cfg.train.init is None
+            continue
         n = nominal_costs(p, mode)
-        assert cfg.global_batch() > 0 and math.isfinite(n["bound"]) and n["bound"] >= 1.0
+        assert math.isfinite(n["bound"]) and n["bound"] >= 1.0
+
+
+def test_real_profile_is_its_config_with_the_mode_switches():
+    p = load_profile(ROOT / "configs" / "bench" / "tabletop-tiny.yaml")
+    sync = mode_config(p, "sync-colocated", updates=3)
+    stream = mode_config(p, "streamer", updates=3)
+    hybrid = mode_config(p, "streamer-hybrid", updates=3)
+    assert sync.mode == "sync" and sync.runtime.placement == "colocated" and sync.policy.name == "tiny_vla"
+    assert stream.mode == "async" and stream.async_.streamer and stream.runtime.placement == "disaggregated"
+    assert hybrid.runtime.placement == "hybrid" and not sync.pretrain.enabled
+    assert stream.env.num_envs == 32 and stream.global_batch() == 2 * 32 * 12
 
 
 @pytest.mark.parametrize(
