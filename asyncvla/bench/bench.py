@@ -264,6 +264,11 @@ def plot_throughput(result: dict[str, Any], path: Path) -> None:
         ax.hlines(
             b, i - 0.4, i + 0.4, colors="#C44E52", linewidth=2, label="pipeline bound" if i == 0 else None
         )
+        pred = m.get("predicted_env_steps_per_s")
+        if pred is not None:
+            ax.plot(
+                [i], [pred], "x", color="black", markersize=8, label="predicted (DES)" if i == 0 else None
+            )
         nb = m["nominal_bound_env_steps_per_s"]
         if nb is None:
             continue

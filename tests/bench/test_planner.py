@@ -1,14 +1,17 @@
 """The discrete-event model of the runtime (simulate), the planner, and the tune formula."""
 
+import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from asyncvla.bench.des import Mutex, Sim, Store, hold
 from asyncvla.bench.planner import plan, scaled_spec
 from asyncvla.bench.profiles import load_profile, mode_config, nominal_costs
 from asyncvla.bench.simulate import simulate, spec_from_config
 from asyncvla.bench.tune import choose, predict, tune_profile
+from asyncvla.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 BALANCED = load_profile(ROOT / "configs" / "bench" / "balanced.yaml")
@@ -110,3 +113,16 @@ def test_tune_profile_measures_the_emulated_costs():
     assert inputs["t_step_s"] == pytest.approx(0.04, rel=0.5)
     assert t["tuned"]["max_batch_samples"] % 4 == 0 and t["tuned"]["batch_timeout_ms"] >= 0
     assert t["simulated_env_steps_per_s"]["tuned"] > 0 and t["default"]["max_batch_samples"] == 64
+
+
+def test_plan_command_writes_json_and_png(tmp_path):
+    check = Path(__file__).with_name("planner_check.yaml")
+    res = CliRunner().invoke(
+        app, ["plan", "--profile", str(check), "--gpus", "2", "--out", str(tmp_path), "--updates", "4"]
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "plan.json").read_text())
+    assert data["workload"] == "planner-check" and set(data["recommended"]) == {"2"}
+    assert (tmp_path / "plan.png").read_bytes()[:4] == b"\x89PNG"
+    bad = CliRunner().invoke(app, ["plan", "--profile", str(check), "--schedules", "later"])
+    assert bad.exit_code == 2
