@@ -170,6 +170,9 @@ def plan(
     ),
     schedules: str = typer.Option("sync,async", "--schedules", help="Schedules to simulate: sync, async."),
     updates: int = typer.Option(10, "--updates", min=2, help="Simulated updates per candidate (2 warm-up)."),
+    overhead_ms: float = typer.Option(
+        0.0, "--overhead-ms", min=0.0, help="Messaging delay per request round trip (modelled machine's ms)."
+    ),
 ) -> None:
     """Placement planner: simulate the runtime's scheduling on N GPUs and recommend a placement."""
     import time
@@ -187,7 +190,14 @@ def plan(
         kinds = tuple(s.strip() for s in schedules.split(",") if s.strip())
         if not counts or any(k not in ("sync", "async") for k in kinds) or not kinds:
             raise ConfigError("--gpus needs GPU counts and --schedules sync and/or async")
-        result = run_plan(prof, counts, schedules=kinds, updates=updates, warmup=min(2, updates - 1))
+        result = run_plan(
+            prof,
+            counts,
+            schedules=kinds,
+            updates=updates,
+            warmup=min(2, updates - 1),
+            overhead_s=overhead_ms / 1000,
+        )
     except (ConfigError, ValueError) as e:
         _fail(e)
     dest = out or Path("runs") / f"plan-{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"

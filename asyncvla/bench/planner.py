@@ -39,7 +39,9 @@ def node_gpus(profile: Profile) -> float:
     return profile.placements["colocated"].rollout.gpus
 
 
-def scaled_spec(profile: Profile, schedule: str, placement: str, gpus: int, rollout_gpus: int = 0) -> SimSpec:
+def scaled_spec(
+    profile: Profile, schedule: str, placement: str, gpus: int, rollout_gpus: int = 0, overhead_s: float = 0.0
+) -> SimSpec:
     """The SimSpec of ``profile`` on ``gpus`` GPUs (seconds of the modelled machine: time_scale 1)."""
     base = spec_from_config(mode_config(profile, SCHEDULES[schedule], updates=1, time_scale=1.0))
     node = node_gpus(profile)
@@ -73,6 +75,7 @@ def scaled_spec(profile: Profile, schedule: str, placement: str, gpus: int, roll
         global_batch=managers * base.num_envs * base.rollout_steps,
         micro_batch=max(1, int(round(profile.micro_batch_per_gpu * tg))),
         bootstrap_data_parallel=True,
+        overhead_s=overhead_s,
         meta={"schedule": schedule, "placement": placement, "gpus": gpus, "rollout_gpus": rollout_gpus},
     )
 
@@ -103,6 +106,7 @@ def plan(
     schedules: tuple[str, ...] = ("sync", "async"),
     updates: int = 10,
     warmup: int = 2,
+    overhead_s: float = 0.0,
 ) -> dict[str, Any]:
     """Predict every (schedule, placement, split) on every GPU count; recommend the fastest."""
     node = node_gpus(profile)
@@ -112,7 +116,7 @@ def plan(
             for placement, r in candidates(n, node):
                 if schedule == "sync" and placement != "colocated" and r != n // 2:
                     continue  # sync: colocated (the baseline) and the even disaggregated/hybrid split
-                spec = scaled_spec(profile, schedule, placement, n, r)
+                spec = scaled_spec(profile, schedule, placement, n, r, overhead_s)
                 res = simulate(spec, updates=updates, warmup=warmup)
                 rows.append(
                     {
@@ -148,6 +152,7 @@ def plan(
         "method": "discrete-event simulation of the runtime's scheduling (asyncvla.bench.simulate)",
         "updates": updates,
         "warmup": warmup,
+        "overhead_s": overhead_s,
         "rows": rows,
         "recommended": best,
     }
