@@ -116,14 +116,15 @@ def bench(
     workload: str = typer.Option(
         ...,
         "--workload",
-        help="Profile in configs/bench (balanced, heavy-tail, vectorized-sim, libero-0p5b, libero-oft7b) "
+        help="Profile in configs/bench (balanced, heavy-tail, vectorized-sim, libero-0p5b, libero-oft7b, "
+        "tabletop-tiny, libero) "
         "or a YAML path.",
     ),
     modes: str | None = typer.Option(
         None,
         "--modes",
         help="Comma-separated modes (default: sync-colocated,sync-disaggregated,train-async,"
-        "rollout-async,streamer; extra: full-async).",
+        "rollout-async,streamer; extra: dynamic-batching).",
     ),
     out: Path | None = typer.Option(
         None, "--out", help="Output directory (default runs/bench-<workload>-<time>)."

@@ -46,7 +46,7 @@ MODES: dict[str, dict[str, Any]] = {
     },
     "rollout-async": {
         "mode": "async",
-        "async.env": False,
+        "async.env": True,
         "async.rollout": True,
         "async.streamer": False,
         "runtime.placement": "disaggregated",
@@ -61,19 +61,22 @@ MODES: dict[str, dict[str, Any]] = {
 }
 """Mode name -> config overrides. README: sync colocated (``mode=sync``), sync disaggregated
 (``mode=sync runtime.placement=disaggregated``), + train async (``mode=async async.env=false
-async.rollout=false``), + rollout async (``async.env=false``), + streamer (``async.streamer=true``)."""
+async.rollout=false``), + rollout async (``async.streamer=false``: RL-VLA^3's fine-grained
+asynchronous env-inference interaction, i.e. managers that wait only for their own replies, with
+dynamic batching), + streamer (``async.streamer=true``)."""
 
 EXTRA_MODES: dict[str, dict[str, Any]] = {
-    "full-async": {
+    "dynamic-batching": {
         "mode": "async",
-        "async.env": True,
+        "async.env": False,
         "async.rollout": True,
         "async.streamer": False,
         "runtime.placement": "disaggregated",
     },
 }
-"""Modes that run only when asked for (``--modes``): ``full-async`` is the streamer row without
-the streamer, which separates the effect of ``async.env`` from that of the streamer."""
+"""Modes that run only when asked for (``--modes``): ``dynamic-batching`` is the rollout-async row
+with lockstep managers (``async.env=false``), which separates dynamic batching from env-level
+asynchrony."""
 
 LABELS = {
     "sync-colocated": "sync colocated",
@@ -81,7 +84,7 @@ LABELS = {
     "train-async": "+ train async",
     "rollout-async": "+ rollout async",
     "streamer": "+ streamer",
-    "full-async": "full async (no streamer)",
+    "dynamic-batching": "+ dynamic batching only",
     "streamer-tuned": "+ streamer, tuned batching",
 }
 BASELINE = "sync-colocated"

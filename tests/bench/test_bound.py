@@ -66,7 +66,7 @@ def test_modes_are_the_readme_rows():
         for m, c in cfgs.items()
     }
     assert sw["train-async"] == ("async", False, False, True, False)
-    assert sw["rollout-async"] == ("async", False, True, True, False)
+    assert sw["rollout-async"] == ("async", True, True, True, False)
     assert sw["streamer"] == ("async", True, True, True, True)
     dev = {m: c.policy.kwargs["devices"] for m, c in cfgs.items()}
     assert dev["sync-colocated"]["rollout"] == dev["sync-colocated"]["trainer"]
@@ -190,8 +190,8 @@ def test_extra_and_unknown_modes():
     from asyncvla.config import ConfigError
 
     p = load_profile(BALANCED)
-    c = mode_config(p, "full-async", updates=2)
-    assert (c.mode, c.async_.env, c.async_.rollout, c.async_.streamer) == ("async", True, True, False)
-    assert "full-async" not in p.all_modes()  # runs only when asked for
+    c = mode_config(p, "dynamic-batching", updates=2)
+    assert (c.mode, c.async_.env, c.async_.rollout, c.async_.streamer) == ("async", False, True, False)
+    assert "dynamic-batching" not in p.all_modes()  # runs only when asked for
     with pytest.raises(ConfigError, match="unknown"):
         mode_config(p, "warp-speed", updates=2)
