@@ -18,8 +18,13 @@ The same policies as ``asyncvla/runtime``, with every compute replaced by its co
   (``bootstrap_factor * infer(n / gpus)``); non-streaming: proximal recomputation of the stale
   samples (``nograd_factor * train``) then ``epochs`` passes of minibatches; streaming: the first
   epoch's micro-batches as samples arrive, the rest at the end; then a new version is published.
-* **devices** are FIFO mutexes: colocated roles name the same device and take turns (as the
-  emulated policy's flock); a trainer spanning several devices takes them all (hybrid).
+* **devices** are FIFO mutexes (``simpy.Resource(capacity=1)``): colocated roles name the same
+  device and take turns (as the emulated policy's flock); a trainer spanning several devices takes
+  them all (hybrid), in sorted order so overlapping sets never deadlock.
+
+The kernel is SimPy: each role is a ``simpy`` process; the trainer's queue is a
+``simpy.Store(queue_segments)``; the run stops when the trainer has published ``updates`` versions.
+Events at the same instant run in scheduling order, so a run is deterministic given its draws.
 
 Not modelled: Ray messaging and Python overheads (``overhead_s`` adds a fixed delay per request
 round trip), the env's own compute, episodes ending inside a chunk (K env steps per decision).
@@ -32,10 +37,14 @@ from collections.abc import Generator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from asyncvla.bench.des import Event, Mutex, Sim, Store, all_of, any_of, hold
+import simpy
+from simpy import Event
+
 from asyncvla.envs.wrappers import LatencyEmulator
 from asyncvla.runtime.batching import DynamicBatcher, Waiting
 from asyncvla.runtime.gate import StalenessGate, admissible
+
+Proc = Generator[Event, Any, Any]
 
 
 def cost_s(model: dict[str, float], x: float) -> float:
@@ -147,28 +156,50 @@ class Seg:
 class _Model:
     def __init__(self, spec: SimSpec, updates: int) -> None:
         self.s = spec
-        self.sim = Sim()
+        self.sim = simpy.Environment()
         self.updates = updates
         self.gate = StalenessGate(spec.global_batch)
         names = sorted({*spec.rollout_devices, *spec.trainer_devices})
-        self.dev = {n: Mutex(self.sim, n) for n in names}
-        self.queue = Store(self.sim, spec.queue_segments)
+        self.dev = {n: simpy.Resource(self.sim, capacity=1) for n in names}
+        self.busy_s = dict.fromkeys(names, 0.0)
+        self.queue = simpy.Store(self.sim, capacity=spec.queue_segments)
         self.rollouts = [_Rollout(self, r) for r in range(spec.num_rollout_workers)]
         self.log: list[dict[str, float]] = []
         self.decisions = 0
+        self.replied: dict[Event, int] = {}
+        """Reply event -> order in which it fired (a worker steps first the manager answered first)."""
+        self._replies = 0
 
     def run(self, until: float) -> None:
-        s = self.s
+        s, sim = self.s, self.sim
         for w in range(s.num_env_workers):
             managers = [m for m in range(s.num_managers) if m % s.num_env_workers == w]
-            self.sim.process(self._env_worker(managers))
+            sim.process(self._env_worker(managers))
         for r in self.rollouts:
-            self.sim.process(r.loop())
-        self.sim.process(self._trainer())
-        self.sim.run(until)
+            sim.process(r.loop())
+        trainer = sim.process(self._trainer())
+        sim.run(until=trainer | sim.timeout(until))
+
+    def hold(self, devices: list[str], seconds: float) -> Proc:
+        """Take every device (in sorted order: no deadlock), keep them ``seconds``, release them.
+
+        A holder of several devices waits until all are handed over (in release order) before it
+        goes on; otherwise its next request would hand its first device over ahead of the rest."""
+        taken = []
+        for d in sorted(devices):
+            req = self.dev[d].request()
+            yield req
+            taken.append((d, req, self.sim.now))
+        yield self.sim.timeout(max(0.0, seconds))
+        released = []
+        for d, req, since in reversed(taken):
+            self.busy_s[d] += self.sim.now - since
+            released.append(self.dev[d].release(req))
+        if len(released) > 1:
+            yield self.sim.all_of(released)
 
     # -- env workers ---------------------------------------------------------------------------------
-    def _env_worker(self, managers: list[int]) -> Generator[Event, Any, None]:
+    def _env_worker(self, managers: list[int]) -> Proc:
         s, sim = self.s, self.sim
         lat = {m: LatencyEmulator(s.latency, seed=s.env_seed + m + 100_003 * s.seed) for m in managers}
         active = [s.num_envs] * s.chunk_size
@@ -187,14 +218,17 @@ class _Model:
             issue(m)
         while True:
             if s.lockstep:
-                yield all_of(sim, pending.values())
+                yield sim.all_of(list(pending.values()))
                 done = [m for m in managers if m in pending]
             else:
-                first = yield any_of(sim, pending.values())
+                fired = yield sim.any_of(list(pending.values()))
+                first = min(fired, key=lambda e: self.replied[e])
                 done = [next(m for m, e in pending.items() if e is first)]
             for m in done:
-                versions[m].append(pending.pop(m).value)
-                yield sim.timeout(lat[m].delay_s(active))
+                reply = pending.pop(m)
+                del self.replied[reply]
+                versions[m].append(reply.value)
+                yield sim.timeout(max(0.0, lat[m].delay_s(active)))
                 self.decisions += s.num_envs
                 if len(versions[m]) == s.rollout_steps:
                     t = ticket.pop(m)
@@ -211,24 +245,24 @@ class _Model:
                     puts.append(self.queue.put(seg))
                     puts = [p for p in puts if not p.triggered]
                     if len(puts) > s.queue_segments:
-                        yield all_of(sim, puts[: len(puts) - s.queue_segments])
+                        yield sim.all_of(puts[: len(puts) - s.queue_segments])
             for m in done:
                 issue(m)
 
     # -- trainer -------------------------------------------------------------------------------------
-    def _t(self, seconds: float) -> Generator[Event, Any, None]:
-        return hold(self.sim, [self.dev[d] for d in self.s.trainer_devices], seconds)
+    def _t(self, seconds: float) -> Proc:
+        return self.hold(list(self.s.trainer_devices), seconds)
 
     def _train_cost(self, samples: int, grad: bool = True) -> float:
         c = cost_s(self.s.train, samples / self.s.trainer_gpus)
         return c if grad else c * self.s.nograd_factor
 
-    def _minibatches(self, total: int) -> Generator[Event, Any, None]:
+    def _minibatches(self, total: int) -> Proc:
         mb = self.s.micro_batch
         for start in range(0, total, mb):
             yield from self._t(self._train_cost(min(mb, total - start)))
 
-    def _trainer(self) -> Generator[Event, Any, None]:
+    def _trainer(self) -> Proc:
         s, sim = self.s, self.sim
         version, got, expected, done = 0, 0, None, 0
         buffered: dict[int, list[Seg]] = {}
@@ -284,10 +318,10 @@ class _Model:
                         / max(total, 1),
                     }
                 )
-                for r in self.rollouts:
-                    r.offer(version)
+                if done < self.updates:  # after the last one the run stops: nothing to wake
+                    for r in self.rollouts:
+                        r.offer(version)
                 segs, got, expected, pending = [], 0, None, 0
-        sim.stopped = True
 
 
 class _Rollout:
@@ -295,7 +329,7 @@ class _Rollout:
         s = model.s
         self.m = model
         self.sim = model.sim
-        self.device = model.dev[s.rollout_devices[worker]]
+        self.device = s.rollout_devices[worker]
         shards = {(m, 0) for m in range(s.num_managers) if m % s.num_rollout_workers == worker}
         self.batcher = DynamicBatcher(
             s.max_batch_samples, s.batch_timeout_s, shards if s.static_batching else None
@@ -309,26 +343,35 @@ class _Rollout:
         reply = self.sim.event()
         half = self.m.s.overhead_s / 2
 
-        def arrive() -> None:
+        def arrive(_: Event) -> None:
             self.batcher.add(Waiting((manager, target), samples, (manager, 0), self.sim.now, reply))
-            self.wake.succeed()
+            self._wake()
 
-        self.sim.at(self.sim.now + half, arrive)
+        self.sim.timeout(half).callbacks.append(arrive)
         return reply
+
+    def _reply(self, token: Event, version: int) -> None:
+        self.m.replied[token] = self.m._replies
+        self.m._replies += 1
+        token.succeed(version)
+
+    def _wake(self) -> None:
+        if not self.wake.triggered:
+            self.wake.succeed()
 
     def offer(self, version: int) -> None:
         if version > self.version and (self.offered is None or version > self.offered):
             self.offered = version
-            self.wake.succeed()
+            self._wake()
 
-    def loop(self) -> Generator[Event, Any, None]:
+    def loop(self) -> Proc:
         s, sim = self.m.s, self.sim
         while True:
             self.wake = sim.event()
             if self.offered is not None:
                 v, self.offered = self.offered, None
                 if s.sync_s:
-                    yield from hold(sim, [self.device], s.sync_s)
+                    yield from self.m.hold([self.device], s.sync_s)
                 self.version = v
             v = self.version
             adm = [w for w in self.batcher.waiting if admissible(w.request[1], v, s.eta)]
@@ -337,15 +380,16 @@ class _Rollout:
                 batch = self.batcher.take(adm)
                 n = sum(w.samples for w in batch)
                 self.batch_sizes.append(n)
-                yield from hold(sim, [self.device], cost_s(s.infer, n / s.rollout_gpus))
+                yield from self.m.hold([self.device], cost_s(s.infer, n / s.rollout_gpus))
                 for w in batch:
-                    sim.at(sim.now + s.overhead_s / 2, w.token.succeed, v)
+                    reply = sim.timeout(s.overhead_s / 2, v)
+                    reply.callbacks.append(lambda e, token=w.token: self._reply(token, e.value))
                 continue
             deadline = self.batcher.deadline()
             waits = [self.wake]
             if deadline is not None:
-                waits.append(sim.timeout(deadline - sim.now + 1e-9))  # float rounding
-            yield any_of(sim, waits)
+                waits.append(sim.timeout(max(0.0, deadline - sim.now + 1e-9)))  # float rounding
+            yield sim.any_of(waits)
 
 
 def simulate(spec: SimSpec, updates: int = 8, warmup: int = 2, max_sim_s: float = 1e7) -> dict[str, Any]:
@@ -363,7 +407,7 @@ def simulate(spec: SimSpec, updates: int = 8, warmup: int = 2, max_sim_s: float 
     dt = log[-1]["t"] - first["t"]
     steps = sum(x["env_steps"] for x in window)
     samples = sum(x["samples"] for x in window)
-    dev_busy = {n: d.busy_s / model.sim.now for n, d in model.dev.items()}
+    dev_busy = {n: busy / model.sim.now for n, busy in model.busy_s.items()}
     sizes = [b for r in model.rollouts for b in r.batch_sizes]
     return {
         "env_steps_per_s": steps / dt if dt > 0 else math.inf,

@@ -6,10 +6,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from asyncvla.bench.des import Mutex, Sim, Store, hold
 from asyncvla.bench.planner import plan, scaled_spec
 from asyncvla.bench.profiles import load_profile, mode_config, nominal_costs
-from asyncvla.bench.simulate import simulate, spec_from_config
+from asyncvla.bench.simulate import _Model, simulate, spec_from_config
 from asyncvla.bench.tune import choose, predict, tune_profile
 from asyncvla.cli import app
 
@@ -18,38 +17,30 @@ BALANCED = load_profile(ROOT / "configs" / "bench" / "balanced.yaml")
 LIBERO_0P5B = load_profile(ROOT / "configs" / "bench" / "libero-0p5b.yaml")
 
 
-def test_kernel_mutex_is_fifo_and_store_bounded():
-    sim = Sim()
-    dev = Mutex(sim, "d")
-    done: list[tuple[str, float]] = []
+def test_devices_are_fifo_taken_in_sorted_order_and_busy_counted():
+    """``_Model.hold`` on simpy Resources: FIFO per device, several devices taken in sorted order
+    (the hybrid trainer: no deadlock with a role that names them the other way round)."""
+    model = _Model(spec_from_config(mode_config(BALANCED, "sync-disaggregated", 2)), updates=1)
+    sim = model.sim
+    assert sorted(model.dev) == ["dev0", "dev1"]
+    done: dict[str, float] = {}
 
-    def user(name, start, seconds):
+    def user(name, start, devices, seconds):
         yield sim.timeout(start)
-        yield from hold(sim, [dev], seconds)
-        done.append((name, sim.now))
+        yield from model.hold(devices, seconds)
+        done[name] = sim.now
 
-    for name, start in (("a", 0.0), ("b", 0.1), ("c", 0.2)):
-        sim.process(user(name, start, 1.0))
+    for name, start, devices in (
+        ("a", 0.0, ["dev0"]),
+        ("b", 0.1, ["dev1", "dev0"]),
+        ("c", 0.2, ["dev0", "dev1"]),
+        ("d", 0.3, ["dev1"]),
+    ):
+        sim.process(user(name, start, devices, 1.0))
     sim.run()
-    assert done == [("a", 1.0), ("b", 2.0), ("c", 3.0)] and dev.busy_s == pytest.approx(3.0)
-    sim, accepted = Sim(), []
-    q = Store(sim, capacity=1)
-
-    def producer():
-        for i in range(3):
-            yield q.put(i)
-            accepted.append((i, sim.now))
-
-    def consumer():
-        yield sim.timeout(5.0)
-        for _ in range(3):
-            yield q.get()
-            yield sim.timeout(1.0)
-
-    sim.process(producer())
-    sim.process(consumer())
-    sim.run()
-    assert accepted == [(0, 0.0), (1, 5.0), (2, 6.0)]
+    # b waits for dev0 (a) holding nothing, then for dev1 (d); c queues behind b on dev0
+    assert done == pytest.approx({"a": 1.0, "d": 1.3, "b": 2.3, "c": 3.3})
+    assert model.busy_s == pytest.approx({"dev0": 3.3, "dev1": 3.0})
 
 
 def test_sync_is_the_sequential_sum_and_streamer_approaches_the_bound():
