@@ -27,6 +27,52 @@ from gymnasium import spaces
 ObsBatch = dict[str, Any]
 
 
+def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
+    """``value`` as an int in [lo, hi] (or >= lo), else a ValueError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return int(value)
+
+
+def reset_requests(
+    num_envs: int, seed: int | Sequence[int | None] | None, options: dict[str, Any] | None
+) -> tuple[list[int], list[int | None], list[int | None]]:
+    """Parse ``VectorEnv.reset`` arguments into (env indices, one seed each, one init state each).
+
+    An int ``seed`` gives env ``i`` seed ``seed + i`` (``i`` its index in the batch, so a partial
+    reset reproduces that env's full-reset episode); an int ``init_state`` is shared; sequences
+    align with ``env_indices``. ``None`` entries mean "not given" (the env draws its own).
+    """
+    options = dict(options or {})
+    unknown = set(options) - {"init_state", "env_indices"}
+    if unknown:
+        raise ValueError(
+            f"reset options has unknown keys {sorted(unknown)}; allowed: env_indices, init_state"
+        )
+    indices = options.get("env_indices")
+    if indices is None:
+        indices = list(range(num_envs))
+    else:
+        indices = [
+            check_int("env_indices[]", i, 0, num_envs - 1) for i in np.asarray(indices).reshape(-1).tolist()
+        ]
+        if len(set(indices)) != len(indices):
+            raise ValueError(f"env_indices must be distinct, got {indices}")
+
+    def per_env(name: str, value: Any, offset_by_index: bool) -> list[Any]:
+        if value is None or isinstance(value, (int, np.integer)):
+            return [None if value is None else int(value) + (i if offset_by_index else 0) for i in indices]
+        values = list(value)
+        if len(values) != len(indices):
+            raise ValueError(f"{name} needs one entry per reset env ({len(indices)}), got {len(values)}")
+        return values
+
+    return indices, per_env("seed", seed, True), per_env("init_state", options.get("init_state"), False)
+
+
 class VectorEnv(ABC):
     """A batch of ``num_envs`` envs of one task family, stepped with action chunks.
 

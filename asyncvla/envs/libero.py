@@ -28,7 +28,7 @@ import numpy as np
 from gymnasium import spaces
 
 from asyncvla.envs import ENVS
-from asyncvla.envs.base import ObsBatch, VectorEnv
+from asyncvla.envs.base import ObsBatch, VectorEnv, check_int, reset_requests
 
 ACTION_DIM = 7
 """Delta end-effector position (3) and axis-angle rotation (3), gripper (1: -1 open, +1 close)."""
@@ -140,15 +140,6 @@ def quat2axisangle(quat: np.ndarray) -> np.ndarray:
     return np.asarray(quat[:3]) * 2.0 * np.arccos(w) / den
 
 
-def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return int(value)
-
-
 class _Slot:
     """One env: a LIBERO ``OffScreenRenderEnv`` of one task (rebuilt when a reset picks another)."""
 
@@ -191,30 +182,30 @@ class LiberoVecEnv(VectorEnv):
         reflections: bool = True,
         seed: int = 0,
     ) -> None:
-        self.num_envs = _check_int("num_envs", num_envs, 1)
+        self.num_envs = check_int("num_envs", num_envs, 1)
         if suite not in SUITE_MAX_STEPS:
             raise ValueError(f"suite must be one of {', '.join(SUITE_MAX_STEPS)}; got {suite!r}")
         self.suite = suite
-        self.image_size = _check_int("image_size", image_size, 16, 1024)
+        self.image_size = check_int("image_size", image_size, 16, 1024)
         flags = {"wrist_camera": wrist_camera, "antialias": antialias, "reflections": reflections}
         for name, flag in flags.items():
             if not isinstance(flag, (bool, np.bool_)):
                 raise ValueError(f"{name} must be a bool, got {flag!r}")
         self.wrist_camera, self.antialias = bool(wrist_camera), bool(antialias)
         self.reflections = bool(reflections)
-        self.settle_steps = _check_int("settle_steps", settle_steps, 0, 1000)
+        self.settle_steps = check_int("settle_steps", settle_steps, 0, 1000)
         self.max_episode_steps = (
             SUITE_MAX_STEPS[suite]
             if max_episode_steps is None
-            else _check_int("max_episode_steps", max_episode_steps, 1)
+            else check_int("max_episode_steps", max_episode_steps, 1)
         )
-        seed = _check_int("seed", seed, 0)
+        seed = check_int("seed", seed, 0)
 
         languages, _ = _suite_tasks(suite)  # imports LIBERO: a missing install fails here
         ids = [task_ids] if isinstance(task_ids, (int, np.integer)) else list(task_ids)
         if not ids:
             raise ValueError("task_ids must name at least one task")
-        self.task_ids = [_check_int("task_ids[]", t, 0, len(languages) - 1) for t in ids]
+        self.task_ids = [check_int("task_ids[]", t, 0, len(languages) - 1) for t in ids]
         if len(set(self.task_ids)) != len(self.task_ids):
             raise ValueError(f"task_ids must be distinct, got {self.task_ids}")
         self._tasks = {t: _load_task(suite, t) for t in self.task_ids}
@@ -329,45 +320,19 @@ class LiberoVecEnv(VectorEnv):
     ) -> tuple[ObsBatch, dict[str, Any]]:
         """Reset envs (see ``VectorEnv.reset``): ``init_state`` k picks the start (class docstring);
         an int ``seed`` gives env ``i`` seed ``seed + i`` for drawing k when none is given."""
-        options = dict(options or {})
-        unknown = set(options) - {"init_state", "env_indices"}
-        if unknown:
-            raise ValueError(
-                f"reset options has unknown keys {sorted(unknown)}; allowed: env_indices, init_state"
-            )
-        indices = options.get("env_indices")
-        if indices is None:
-            indices = list(range(self.num_envs))
-        else:
-            indices = [
-                _check_int("env_indices[]", i, 0, self.num_envs - 1)
-                for i in np.asarray(indices).reshape(-1).tolist()
-            ]
-            if len(set(indices)) != len(indices):
-                raise ValueError(f"env_indices must be distinct, got {indices}")
-        seeds = self._per_env("seed", seed, indices, offset_by_index=True)
-        inits = self._per_env("init_state", options.get("init_state"), indices, offset_by_index=False)
+        indices, seeds, inits = reset_requests(self.num_envs, seed, options)
         if not self._started:  # a first, partial reset starts the other envs from drawn states
             rest = [i for i in range(self.num_envs) if i not in indices]
             indices, seeds, inits = rest + indices, [None] * len(rest) + seeds, [None] * len(rest) + inits
             self._started = True
         for i, s, k in zip(indices, seeds, inits, strict=True):
             if s is not None:
-                self._rngs[i] = np.random.default_rng(_check_int("seed", s, 0))
+                self._rngs[i] = np.random.default_rng(check_int("seed", s, 0))
             if k is None:
                 k = int(self._rngs[i].integers(self.num_init_states))
-            self._reset_one(i, _check_int("init_state", k, 0))
+            self._reset_one(i, check_int("init_state", k, 0))
         init_state = np.array([slot.init_state for slot in self._slots], dtype=np.int64)
         return self._obs(), {"init_state": init_state}
-
-    @staticmethod
-    def _per_env(name: str, value: Any, indices: list[int], offset_by_index: bool) -> list[Any]:
-        if value is None or isinstance(value, (int, np.integer)):
-            return [None if value is None else int(value) + (i if offset_by_index else 0) for i in indices]
-        values = list(value)
-        if len(values) != len(indices):
-            raise ValueError(f"{name} needs one entry per reset env ({len(indices)}), got {len(values)}")
-        return values
 
     def step(
         self, actions: np.ndarray

@@ -10,7 +10,7 @@ import numpy as np
 from gymnasium import spaces
 
 from asyncvla.envs import ENVS
-from asyncvla.envs.base import ObsBatch, VectorEnv
+from asyncvla.envs.base import ObsBatch, VectorEnv, check_int, reset_requests
 from asyncvla.envs.tabletop.render import Perturb, View
 from asyncvla.envs.tabletop.sim import Episode
 from asyncvla.envs.tabletop.tasks import (
@@ -46,15 +46,6 @@ class _Slot:
     noise_rng: np.random.Generator
 
 
-def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return int(value)
-
-
 @ENVS.register("tabletop")
 class TabletopVecEnv(VectorEnv):
     """A top-down table with a gripper, coloured objects, a basket and four corner mats.
@@ -87,23 +78,23 @@ class TabletopVecEnv(VectorEnv):
         max_step: float = 0.1,
         grasp_radius: float = GRASP_RADIUS,
     ) -> None:
-        self.num_envs = _check_int("num_envs", num_envs, 1)
+        self.num_envs = check_int("num_envs", num_envs, 1)
         if family not in FAMILIES:
             raise ValueError(f"family must be one of {', '.join(FAMILIES)}; got {family!r}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
         self.family, self.split = family, split
-        self.image_size = _check_int("image_size", image_size, 32, 512)
+        self.image_size = check_int("image_size", image_size, 32, 512)
         if not isinstance(n_objects, (tuple, list)) or len(n_objects) != 2:
             raise ValueError(f"n_objects must be a (min, max) pair, got {n_objects!r}")
-        lo = _check_int("n_objects[0]", n_objects[0], MIN_OBJECTS[family], MAX_OBJECTS)
-        hi = _check_int("n_objects[1]", n_objects[1], lo, MAX_OBJECTS)
+        lo = check_int("n_objects[0]", n_objects[0], MIN_OBJECTS[family], MAX_OBJECTS)
+        hi = check_int("n_objects[1]", n_objects[1], lo, MAX_OBJECTS)
         self.n_objects = (lo, hi)
         default_steps = DEFAULT_MAX_STEPS[family]
         self.max_episode_steps = (
             default_steps
             if max_episode_steps is None
-            else _check_int("max_episode_steps", max_episode_steps, 1)
+            else check_int("max_episode_steps", max_episode_steps, 1)
         )
         if not isinstance(wrist_camera, (bool, np.bool_)):
             raise ValueError(f"wrist_camera must be a bool, got {wrist_camera!r}")
@@ -116,7 +107,7 @@ class TabletopVecEnv(VectorEnv):
         self.reward_shaping = float(reward_shaping)
         self.max_step, self.grasp_radius = float(max_step), float(grasp_radius)
         self.perturb = Perturb.from_dict(perturb, self.image_size)
-        seed = _check_int("seed", seed, 0)
+        seed = check_int("seed", seed, 0)
         self.latency = LatencyEmulator(latency, seed=seed)
 
         n, size = self.num_envs, self.image_size
@@ -195,42 +186,15 @@ class TabletopVecEnv(VectorEnv):
         """Reset envs (see ``VectorEnv.reset``); an int seed gives env ``i`` seed ``seed + i``, with ``i``
         the env's index in the batch, so a partial reset reproduces that env's full-reset episode.
         """
-        options = dict(options or {})
-        unknown = set(options) - {"init_state", "env_indices"}
-        if unknown:
-            raise ValueError(
-                f"reset options has unknown keys {sorted(unknown)}; allowed: env_indices, init_state"
-            )
-        indices = options.get("env_indices")
-        if indices is None:
-            indices = list(range(self.num_envs))
-        else:
-            indices = [
-                _check_int("env_indices[]", i, 0, self.num_envs - 1)
-                for i in np.asarray(indices).reshape(-1).tolist()
-            ]
-            if len(set(indices)) != len(indices):
-                raise ValueError(f"env_indices must be distinct, got {indices}")
-        seeds = self._per_env("seed", seed, indices, offset_by_index=True)
-        init_states = self._per_env("init_state", options.get("init_state"), indices, offset_by_index=False)
+        indices, seeds, init_states = reset_requests(self.num_envs, seed, options)
         for i, s, k in zip(indices, seeds, init_states, strict=True):
             if s is not None:
-                self._seed_rngs[i] = np.random.default_rng(_check_int("seed", s, 0))
+                self._seed_rngs[i] = np.random.default_rng(check_int("seed", s, 0))
             if k is None:
                 k = int(self._seed_rngs[i].integers(2**31))
-            self._slots[i] = self._new_slot(i, _check_int("init_state", k, 0))
+            self._slots[i] = self._new_slot(i, check_int("init_state", k, 0))
             self._render(i)
         return self._obs(), {"init_state": self._init_states.copy()}
-
-    @staticmethod
-    def _per_env(name: str, value: Any, indices: list[int], offset_by_index: bool) -> list[Any]:
-        """Broadcast an int (seed: ``seed + env index``; init state: shared) or align a sequence."""
-        if value is None or isinstance(value, (int, np.integer)):
-            return [None if value is None else int(value) + (i if offset_by_index else 0) for i in indices]
-        values = list(value)
-        if len(values) != len(indices):
-            raise ValueError(f"{name} needs one entry per reset env ({len(indices)}), got {len(values)}")
-        return values
 
     def step(
         self, actions: np.ndarray
@@ -297,7 +261,7 @@ class TabletopVecEnv(VectorEnv):
         After a simulated episode end the chunk is padded with the expert's idle action, which the
         env never executes anyway (it stops at termination).
         """
-        k = _check_int("chunk_size", chunk_size, 1)
+        k = check_int("chunk_size", chunk_size, 1)
         out = np.empty((self.num_envs, k, ACTION_DIM), dtype=np.float32)
         for i, ep in enumerate(slot.episode for slot in self._slots):
             sim = ep.clone()
@@ -326,7 +290,7 @@ class TabletopVecEnv(VectorEnv):
 
     def describe(self, i: int) -> dict[str, Any]:
         """Ground truth of env ``i`` (objects, targets, basket) for evaluation breakdowns and tests."""
-        slot = self._slots[_check_int("env index", i, 0, self.num_envs - 1)]
+        slot = self._slots[check_int("env index", i, 0, self.num_envs - 1)]
         ep = slot.episode
         return {
             "gripper": (ep.gx, ep.gy),
