@@ -54,6 +54,7 @@ from torch.nn import functional as F
 from asyncvla.envs.base import ObsBatch
 from asyncvla.policies import POLICIES
 from asyncvla.policies.base import ActOutput, EvalOutput, Policy
+from asyncvla.policies.heads import sample_bins
 
 PROMPT = "In: What action should the robot take to {instruction}?\nOut:"
 N_BINS = 256
@@ -408,12 +409,7 @@ class HFVLA(Policy):
     def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOutput:
         logits, values = self.forward_heads(obs)
         log_p = F.log_softmax(logits, dim=-1)
-        if deterministic:
-            ids = log_p.argmax(dim=-1)
-        else:
-            cdf = log_p.exp().cumsum(-1)
-            u = torch.rand(cdf.shape[:-1] + (1,), device=cdf.device, dtype=cdf.dtype)
-            ids = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=N_BINS - 1)
+        ids = sample_bins(log_p, deterministic)
         log_probs = log_p.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
         return ActOutput(
             actions=self.from_bins(ids).cpu().numpy().astype(np.float32),
