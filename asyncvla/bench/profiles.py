@@ -285,13 +285,7 @@ def mode_config(
         },
         "runtime": {"num_env_workers": env.num_env_workers, "num_rollout_workers": 1},
     }
-    for key, value in {**profile.config, **over}.items():
-        set_dotted(tree, key, copy.deepcopy(value))
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise ConfigError(f"mode {mode!r}: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+    return _validated(tree, {**profile.config, **over}, mode)
 
 
 def _real_config(profile: RealProfile, mode: str, updates: int) -> Config:
@@ -304,7 +298,13 @@ def _real_config(profile: RealProfile, mode: str, updates: int) -> Config:
         "train.checkpoint_every": updates + 1,
         "train.eval_every": 0,
     }
-    for key, value in over.items():
+    return _validated(tree, over, mode)
+
+
+def _validated(tree: dict[str, Any], overrides: dict[str, Any], mode: str) -> Config:
+    """``tree`` with the dotted ``overrides`` applied, as a validated Config (one line naming the
+    mode and the key on error)."""
+    for key, value in overrides.items():
         set_dotted(tree, key, copy.deepcopy(value))
     try:
         return Config.model_validate(tree)
