@@ -27,3 +27,16 @@ def ray_local():
     yield
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module of tiny models (request it with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): more threads only add
+    contention there (seconds instead of milliseconds)."""
+    import torch
+
+    was = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(was)

@@ -32,12 +32,7 @@ def ckpt(tmp_path_factory):
     return build_tiny_checkpoint(tmp_path_factory.mktemp("hf_tiny"), size="tiny")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    was = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(was)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fake_obs(batch: int, seed: int = 0) -> dict:

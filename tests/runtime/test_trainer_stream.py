@@ -21,13 +21,7 @@ TINY = [
 N_ENVS, T = 4, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models: intra-op threads only add contention (seconds instead of milliseconds)."""
-    was = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(was)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _setup(overrides, segments=2):
