@@ -61,7 +61,7 @@ def test_freeze_encoder_keeps_grounding_weights_fixed_during_cloning():
         )
         for k in changed
     )
-    assert not any(k.startswith(("cnn.", "word_emb", "keypoint_query")) for k in changed)
+    assert not any(k.startswith(("cnn.", "word_emb", "keypoint_query", "kp_offset")) for k in changed)
 
 
 def test_pretraining_trains_a_frozen_encoder_and_leaves_it_frozen():

@@ -7,8 +7,9 @@ Inputs (an ``ObsBatch``): ``image_keys`` images uint8 [B, H, W, 3], ``state`` fl
   - each image: CoordConv CNN (3 stride-2 stages, ReLU, FiLM-conditioned on the instruction summary)
     -> a g x g feature map (g = min(image_grid, image_size / 8)) -> g*g patch tokens (+ learned
     position and camera embeddings; the CNN is shared across cameras),
-  - language-queried spatial soft-argmax keypoints of that feature map (``point`` exposes them for
-    grounding pretraining),
+  - language-queried spatial soft-argmax keypoints (``point`` exposes them for grounding
+    pretraining) over a twice-finer map (``fine_keypoints``: the second CNN stage next to the last
+    one upsampled, 16 x 16 at 64x64) with a learned sub-cell offset per cell,
   - state: linear -> one token,
   - fusion: a pre-norm transformer encoder over [CLS, state, instruction, image tokens],
   - a value MLP -> [B] on concat(CLS output, mean image-token output, keypoint features, keypoints,
@@ -78,17 +79,20 @@ class FiLMCoordCNN(nn.Module):
         # Three stride-2 stages give a ceil(image_size / 8) map; pool only when that exceeds the grid.
         self.pool = nn.AdaptiveAvgPool2d(grid) if math.ceil(image_size / 8) > grid else nn.Identity()
 
-    def forward(self, images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """images float [N, 3, H, W] in [0, 1], cond [N, cond_dim] -> [N, C_last, g, g]."""
+    def forward(self, images: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images float [N, 3, H, W] in [0, 1], cond [N, cond_dim] -> the last stage's map
+        [N, C_last, g, g] and the one before it [N, C_mid, g', g'] (g' = ceil(H / 4), twice as fine)."""
         film = self.film(cond).split([c for c in self.channels for _ in range(2)], dim=-1)
         x = images
+        maps = []
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
             x = conv(x)
             if i == 0:
                 x = x + self.coord_conv(self.coords)
             gamma, beta = film[2 * i], film[2 * i + 1]
             x = F.relu(norm(x) * (1.0 + gamma[:, :, None, None]) + beta[:, :, None, None])
-        return self.pool(x)
+            maps.append(x)
+        return self.pool(x), maps[-2]
 
 
 class FusionBlock(nn.Module):
@@ -149,6 +153,7 @@ class TinyVLA(Policy):
         size: str | None = None,
         image_grid: int = 8,
         freeze_encoder: bool = False,
+        fine_keypoints: bool = True,
     ) -> None:
         super().__init__()
         image_keys = [image_keys] if isinstance(image_keys, str) else list(image_keys)
@@ -172,6 +177,7 @@ class TinyVLA(Policy):
             "size": size,
             "image_grid": int(image_grid),
             "freeze_encoder": bool(freeze_encoder),
+            "fine_keypoints": bool(fine_keypoints),
         }
         if size is not None:
             width, depth, n_heads = (PRESETS[size][k] for k in ("width", "depth", "n_heads"))
@@ -212,10 +218,25 @@ class TinyVLA(Policy):
         # map: each keypoint is the expected (x, y) of a softmax attention map, a direct route from
         # "where is the named object" to the action, which pixels-to-actions learning needs most.
         self.n_keypoints = 8
+        # The keypoint map: with ``fine_keypoints`` a feature-pyramid step, the second CNN stage
+        # (twice as fine) concatenated with the last stage upsampled to it. An 8x8 map's cells are
+        # 0.125 wide, as wide as the grasp radius allows errors: pointing from it was measured
+        # within 0.07 of the named object in only ~75% of its own training scenes.
+        self.fine_keypoints = bool(fine_keypoints)
+        kp_side = min(2 * grid, math.ceil(image_size / 4)) if fine_keypoints else grid
+        kp_channels = cnn_channels[-1] + (cnn_channels[-2] if fine_keypoints else 0)
+        self.kp_side = kp_side
+        self.kp_pool = nn.AdaptiveAvgPool2d(kp_side)
         # Keypoint queries come from the instruction (a linear map of its pooled embedding), so an
         # attention map can lock onto "the yellow cross" directly: logits = <q_k(instr), f(cell)>.
-        self.keypoint_query = nn.Linear(width, self.n_keypoints * cnn_channels[-1])
-        kp_grid = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid  # cell centres in [0, 1]
+        self.keypoint_query = nn.Linear(width, self.n_keypoints * kp_channels)
+        # Sub-cell offsets (as in CenterNet): each cell also says where in the cell its keypoint lies,
+        # so a peaked attention map still points between cell centres.
+        self.kp_offset = nn.Conv2d(kp_channels, 2 * self.n_keypoints, 1) if fine_keypoints else None
+        if self.kp_offset is not None:
+            nn.init.zeros_(self.kp_offset.weight)
+            nn.init.zeros_(self.kp_offset.bias)
+        kp_grid = (torch.arange(kp_side, dtype=torch.float32) + 0.5) / kp_side  # cell centres in [0, 1]
         ky, kx = torch.meshgrid(kp_grid, kp_grid, indexing="ij")
         self.register_buffer("kp_xy", torch.stack([kx.flatten(), ky.flatten()], -1), persistent=False)
         self.keypoint_mlp = nn.Sequential(
@@ -253,6 +274,7 @@ class TinyVLA(Policy):
             self.pool_proj,
             self.instr_norm,
             self.keypoint_query,
+            *([self.kp_offset] if self.kp_offset is not None else []),
         ]
 
     def init_kwargs(self) -> dict[str, Any]:
@@ -316,7 +338,7 @@ class TinyVLA(Policy):
         pooled = self.pool_instruction(words, pad)
 
         n_cams = len(self.image_keys)
-        fmap = self.cnn(self._images(obs), pooled.repeat(n_cams, 1))
+        fmap, mid = self.cnn(self._images(obs), pooled.repeat(n_cams, 1))
         patches = self.patch_proj(fmap.flatten(2).transpose(1, 2)) + self.patch_pos
         # [n_cams * B, P, W] -> [B, n_cams * P, W], with a per-camera embedding.
         patches = (patches.view(n_cams, b, -1, self.width) + self.camera_emb[:, None]).transpose(0, 1)
@@ -336,10 +358,20 @@ class TinyVLA(Policy):
         for block in self.blocks:
             tokens = block(tokens, attend)
         out = self.final_norm(tokens)
-        c = fmap.shape[1]
+        kp_map = fmap
+        if self.fine_keypoints:
+            mid = self.kp_pool(mid)
+            kp_map = torch.cat([mid, F.interpolate(fmap, size=mid.shape[-2:], mode="nearest")], dim=1)
+        c = kp_map.shape[1]
         query = self.keypoint_query(pooled).view(b, self.n_keypoints, c).repeat(n_cams, 1, 1)
-        attn = (query @ fmap.flatten(2) / math.sqrt(c)).softmax(-1)  # [n_cams * B, n_kp, g*g]
-        points = (attn @ self.kp_xy).view(n_cams, b, self.n_keypoints, 2)
+        attn = (query @ kp_map.flatten(2) / math.sqrt(c)).softmax(-1)  # [n_cams * B, n_kp, cells]
+        if self.kp_offset is None:
+            points = attn @ self.kp_xy
+        else:  # sum over cells of attn * (cell centre + offset), offsets within half a cell
+            offset = self.kp_offset(kp_map).view(-1, self.n_keypoints, 2, kp_map.shape[-1] ** 2)
+            offset = torch.tanh(offset).transpose(2, 3) * (0.5 / self.kp_side)
+            points = attn @ self.kp_xy + (attn[..., None] * offset).sum(2)
+        points = points.view(n_cams, b, self.n_keypoints, 2)
         keypoints = points.transpose(0, 1).reshape(b, -1)
         kp_feat = self.keypoint_mlp(torch.cat([keypoints, state], dim=-1))
         feats = torch.cat(
