@@ -177,6 +177,22 @@ def test_fine_keypoints_map_resolution_and_sub_cell_offsets() -> None:
     assert coarse.point(obs).shape == (3, 8, 2)
 
 
+def test_ee_xy_dims_add_keypoints_relative_to_the_end_effector() -> None:
+    torch.manual_seed(0)
+    policy = make_policy("tiny_vla", vocabulary=VOCAB, image_size=32, ee_xy_dims=[2, 0], head="gaussian")
+    obs = fake_obs(3, seed=4)
+    with torch.no_grad():
+        feats, points = policy.features(obs), policy.point(obs)
+    w, n_kp = policy.width, policy.n_keypoints
+    start = 3 * w + 2 * n_kp  # after [CLS, mean image token, keypoint features, keypoints]
+    state = torch.as_tensor(obs["state"])
+    ee = torch.stack([state[:, 2], state[:, 0]], dim=-1)  # (x, y) from state entries 2 and 0
+    expected = (10.0 * (points - ee[:, None])).flatten(1)
+    torch.testing.assert_close(feats[:, start : start + 2 * n_kp], expected)
+    torch.testing.assert_close(feats[:, start + 2 * n_kp :], state)
+    assert policy.action_from == 2 * w  # the action head reads every feature from kp_feat on
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -228,6 +244,8 @@ def test_param_count_presets() -> None:
         ({"action_low": 1.0, "action_high": 1.0}, "action_low"),
         ({"image_keys": []}, "image_keys"),
         ({"vocabulary": "pick up"}, "vocabulary"),
+        ({"ee_xy_dims": [0, 4]}, "ee_xy_dims"),
+        ({"ee_xy_dims": [0]}, "ee_xy_dims"),
     ],
 )
 def test_invalid_arguments_name_the_argument(kwargs: dict, name: str) -> None:
