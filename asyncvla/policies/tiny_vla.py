@@ -226,11 +226,10 @@ class TinyVLA(Policy):
         # (twice as fine) concatenated with the last stage upsampled to it. An 8x8 map's cells are
         # 0.125 wide, as wide as the grasp radius allows errors: pointing from it was measured
         # within 0.07 of the named object in only ~75% of its own training scenes.
-        self.fine_keypoints = bool(fine_keypoints)
         kp_side = min(2 * grid, math.ceil(image_size / 4)) if fine_keypoints else grid
         kp_channels = cnn_channels[-1] + (cnn_channels[-2] if fine_keypoints else 0)
         self.kp_side = kp_side
-        self.kp_pool = nn.AdaptiveAvgPool2d(kp_side)
+        self.kp_pool = nn.AdaptiveAvgPool2d(kp_side) if fine_keypoints else None
         # Keypoint queries come from the instruction (a linear map of its pooled embedding), so an
         # attention map can lock onto "the yellow cross" directly: logits = <q_k(instr), f(cell)>.
         self.keypoint_query = nn.Linear(width, self.n_keypoints * kp_channels)
@@ -369,7 +368,7 @@ class TinyVLA(Policy):
             tokens = block(tokens, attend)
         out = self.final_norm(tokens)
         kp_map = fmap
-        if self.fine_keypoints:
+        if self.kp_pool is not None:
             mid = self.kp_pool(mid)
             kp_map = torch.cat([mid, F.interpolate(fmap, size=mid.shape[-2:], mode="nearest")], dim=1)
         c = kp_map.shape[1]
@@ -479,7 +478,9 @@ def _validate(args: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims)
         or not all(0 <= d < args["state_dim"] for d in dims)
     ):
-        raise ValueError(f"ee_xy_dims must be None or two state indices in [0, {args['state_dim']}), got {dims!r}")
+        raise ValueError(
+            f"ee_xy_dims must be None or two state indices in [0, {args['state_dim']}), got {dims!r}"
+        )
     if not math.isfinite(float(args["init_log_std"])):
         raise ValueError(f"init_log_std must be finite, got {args['init_log_std']!r}")
     a = args["action_dim"]
