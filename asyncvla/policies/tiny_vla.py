@@ -85,16 +85,15 @@ class FiLMCoordCNN(nn.Module):
         """images float [N, 3, H, W] in [0, 1], cond [N, cond_dim] -> the last stage's map
         [N, C_last, g, g] and the one before it [N, C_mid, g', g'] (g' = ceil(H / 4), twice as fine)."""
         film = self.film(cond).split([c for c in self.channels for _ in range(2)], dim=-1)
-        x = images
-        maps = []
+        x = mid = images
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            mid = x
             x = conv(x)
             if i == 0:
                 x = x + self.coord_conv(self.coords)
             gamma, beta = film[2 * i], film[2 * i + 1]
             x = F.relu(norm(x) * (1.0 + gamma[:, :, None, None]) + beta[:, :, None, None])
-            maps.append(x)
-        return self.pool(x), maps[-2]
+        return self.pool(x), mid
 
 
 class FusionBlock(nn.Module):
@@ -247,7 +246,7 @@ class TinyVLA(Policy):
         # scaled by RELATIVE_GAIN: "object minus gripper" is what the controller acts on (behaviour
         # cloning on 500 `object` demos over frozen keypoints: 0.87 success with these features,
         # 0.44 from absolute keypoints and state alone).
-        self.ee_xy_dims = None if ee_xy_dims is None else [int(d) for d in ee_xy_dims]
+        self.ee_xy_dims = self._kwargs["ee_xy_dims"]
         n_rel = 2 * self.n_keypoints if self.ee_xy_dims is not None else 0
         geo = 2 * self.n_keypoints * len(image_keys) + n_rel + state_dim
         self.keypoint_mlp = nn.Sequential(nn.Linear(geo, width), nn.GELU())
@@ -329,10 +328,13 @@ class TinyVLA(Policy):
         """Keypoints [B, n_keypoints, 2] of the first camera, (x, y) in [0, 1] image coordinates.
 
         Grounding pretraining supervises the first keypoints with "where is the named object" labels.
+        Keypoints do not depend on the fusion transformer, so this skips it.
         """
-        return self._encode(obs)[1]
+        return self._ground(obs)[-1][0]
 
-    def _encode(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _ground(self, obs: ObsBatch) -> tuple[torch.Tensor, ...]:
+        """The vision-language part: state [B, S], word embeddings [B, L, W] and padding [B, L],
+        the last CNN map [n_cams * B, C, g, g] and keypoints [n_cams, B, n_kp, 2]."""
         state = self._state(obs)
         b = state.shape[0]
         ids = self.tokenizer.encode_batch(list(obs["instruction"]))
@@ -348,6 +350,24 @@ class TinyVLA(Policy):
 
         n_cams = len(self.image_keys)
         fmap, mid = self.cnn(self._images(obs), pooled.repeat(n_cams, 1))
+        kp_map = fmap
+        if self.kp_pool is not None:
+            mid = self.kp_pool(mid)
+            kp_map = torch.cat([mid, F.interpolate(fmap, size=mid.shape[-2:], mode="nearest")], dim=1)
+        c = kp_map.shape[1]
+        query = self.keypoint_query(pooled).view(b, self.n_keypoints, c).repeat(n_cams, 1, 1)
+        attn = (query @ kp_map.flatten(2) / math.sqrt(c)).softmax(-1)  # [n_cams * B, n_kp, cells]
+        if self.kp_offset is None:
+            points = attn @ self.kp_xy
+        else:  # sum over cells of attn * (cell centre + offset), offsets within half a cell
+            offset = self.kp_offset(kp_map).view(-1, self.n_keypoints, 2, kp_map.shape[-1] ** 2)
+            offset = torch.tanh(offset).transpose(2, 3) * (0.5 / self.kp_side)
+            points = attn @ self.kp_xy + (attn[..., None] * offset).sum(2)
+        return state, words, pad, fmap, points.view(n_cams, b, self.n_keypoints, 2)
+
+    def _encode(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        state, words, pad, fmap, points = self._ground(obs)
+        b, n_words, n_cams = state.shape[0], words.shape[1], len(self.image_keys)
         patches = self.patch_proj(fmap.flatten(2).transpose(1, 2)) + self.patch_pos
         # [n_cams * B, P, W] -> [B, n_cams * P, W], with a per-camera embedding.
         patches = (patches.view(n_cams, b, -1, self.width) + self.camera_emb[:, None]).transpose(0, 1)
@@ -367,20 +387,6 @@ class TinyVLA(Policy):
         for block in self.blocks:
             tokens = block(tokens, attend)
         out = self.final_norm(tokens)
-        kp_map = fmap
-        if self.kp_pool is not None:
-            mid = self.kp_pool(mid)
-            kp_map = torch.cat([mid, F.interpolate(fmap, size=mid.shape[-2:], mode="nearest")], dim=1)
-        c = kp_map.shape[1]
-        query = self.keypoint_query(pooled).view(b, self.n_keypoints, c).repeat(n_cams, 1, 1)
-        attn = (query @ kp_map.flatten(2) / math.sqrt(c)).softmax(-1)  # [n_cams * B, n_kp, cells]
-        if self.kp_offset is None:
-            points = attn @ self.kp_xy
-        else:  # sum over cells of attn * (cell centre + offset), offsets within half a cell
-            offset = self.kp_offset(kp_map).view(-1, self.n_keypoints, 2, kp_map.shape[-1] ** 2)
-            offset = torch.tanh(offset).transpose(2, 3) * (0.5 / self.kp_side)
-            points = attn @ self.kp_xy + (attn[..., None] * offset).sum(2)
-        points = points.view(n_cams, b, self.n_keypoints, 2)
         keypoints = points.transpose(0, 1).reshape(b, -1)
         geo = [4.0 * (keypoints - 0.5)]
         if self.ee_xy_dims is not None:
