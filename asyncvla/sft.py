@@ -114,6 +114,11 @@ def pretrain_grounding(
     """
     if not hasattr(policy, "point"):
         raise ValueError(f"{type(policy).__name__} has no point() head for grounding pretraining")
+    n_kp = getattr(policy, "n_keypoints", None)
+    if n_kp is not None and n_kp < points.shape[1]:
+        raise ValueError(
+            f"policy.kwargs.n_keypoints ({n_kp}) must be >= the {points.shape[1]} pointing labels per frame"
+        )
     # Pretraining is what the encoder is for: train it even when the policy freezes it afterwards.
     frozen = [p for p in policy.parameters() if not p.requires_grad]
     for p in frozen:

@@ -187,8 +187,11 @@ def test_ee_xy_dims_add_keypoints_relative_to_the_end_effector() -> None:
     start = 3 * w + 2 * n_kp  # after [CLS, mean image token, keypoint features, keypoints]
     state = torch.as_tensor(obs["state"])
     ee = torch.stack([state[:, 2], state[:, 0]], dim=-1)  # (x, y) from state entries 2 and 0
-    expected = (10.0 * (points - ee[:, None])).flatten(1)
-    torch.testing.assert_close(feats[:, start : start + 2 * n_kp], expected)
+    # slope 10 at 0, saturating at +-2: 2 * tanh(10 * d / 2)
+    expected = (2.0 * torch.tanh(5.0 * (points - ee[:, None]))).flatten(1)
+    rel = feats[:, start : start + 2 * n_kp]
+    torch.testing.assert_close(rel, expected)
+    assert 1.0 < rel.abs().max() <= 2.0  # some offsets are far: the bound is reached, never passed
     torch.testing.assert_close(feats[:, start + 2 * n_kp :], state)
     assert policy.action_from == 2 * w  # the action head reads every feature from kp_feat on
 
