@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from asyncvla.config import load_config
@@ -71,3 +72,11 @@ def test_pretraining_trains_a_frozen_encoder_and_leaves_it_frozen():
     pretrain_grounding(policy, obs, points, epochs=1, batch_size=16, lr=1e-3)
     assert not torch.equal(before, policy.cnn.convs[0].weight)
     assert not any(p.requires_grad for p in policy.cnn.parameters())
+
+
+def test_pretraining_needs_a_keypoint_per_label():
+    _, policy = _policy("policy.kwargs.n_keypoints=1")
+    obs, points, _ = collect_demos("tabletop", {"family": "object"}, 2, 4, seed_offset=0, with_points=True)
+    assert points.shape[1] == 2
+    with pytest.raises(ValueError, match=r"n_keypoints \(1\).*2 pointing labels"):
+        pretrain_grounding(policy, obs, points, epochs=1, batch_size=16, lr=1e-3)

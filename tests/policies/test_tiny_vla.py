@@ -199,6 +199,34 @@ def test_ee_xy_dims_add_keypoints_relative_to_the_end_effector() -> None:
 # ----------------------------------------------------------------------------- checkpoints
 
 
+def test_fusion_grid_pools_only_the_transformer_tokens() -> None:
+    obs = fake_obs(3, seed=5, image_size=64)
+    base = make_policy("tiny_vla", vocabulary=VOCAB, image_size=64, head="gaussian")
+    pooled = make_policy("tiny_vla", vocabulary=VOCAB, image_size=64, head="gaussian", fusion_grid=4)
+    assert base.patch_pos.shape[0] == 64 and pooled.patch_pos.shape[0] == 16
+    # Same encoder weights -> the same keypoints: the pooling only touches the transformer's input.
+    state = {k: v for k, v in base.state_dict().items() if k != "patch_pos"}
+    pooled.load_state_dict({**pooled.state_dict(), **state})
+    with torch.no_grad():
+        torch.testing.assert_close(pooled.point(obs), base.point(obs), rtol=0, atol=0)
+        # ... and the image tokens it reads are 2x2 means of the 8x8 CNN map.
+        fmap = base._ground(obs)[3]
+        means = fmap.unfold(2, 2, 2).unfold(3, 2, 2).mean((-1, -2))
+        torch.testing.assert_close(pooled.fusion_pool(fmap), means)
+        assert pooled.features(obs).shape == base.features(obs).shape
+    # A fusion_grid at or above the map's side changes nothing.
+    assert make_policy("tiny_vla", vocabulary=VOCAB, image_size=64, fusion_grid=8).patch_pos.shape[0] == 64
+
+
+def test_n_keypoints_sets_how_many_points_the_head_reads() -> None:
+    policy = small_policy("gaussian", n_keypoints=3, ee_xy_dims=[0, 1])
+    obs = fake_obs(2)
+    with torch.no_grad():
+        assert policy.point(obs).shape == (2, 3, 2)
+        # [CLS, mean image token, keypoint features] + 3 absolute + 3 relative keypoints + state
+        assert policy.features(obs).shape == (2, 3 * policy.width + 2 * 3 + 2 * 3 + 4)
+
+
 @pytest.mark.parametrize("head", HEADS)
 def test_save_load_round_trip(head: str, tmp_path) -> None:
     policy = small_policy(head, action_low=[-1.0, -2.0, 0.0], action_high=[1.0, 2.0, 1.0])
@@ -249,6 +277,8 @@ def test_param_count_presets() -> None:
         ({"vocabulary": "pick up"}, "vocabulary"),
         ({"ee_xy_dims": [0, 4]}, "ee_xy_dims"),
         ({"ee_xy_dims": [0]}, "ee_xy_dims"),
+        ({"n_keypoints": 0}, "n_keypoints"),
+        ({"fusion_grid": 0}, "fusion_grid"),
     ],
 )
 def test_invalid_arguments_name_the_argument(kwargs: dict, name: str) -> None:
