@@ -114,10 +114,12 @@ def pretrain_grounding(
     """
     if not hasattr(policy, "point"):
         raise ValueError(f"{type(policy).__name__} has no point() head for grounding pretraining")
-    n_kp = getattr(policy, "n_keypoints", None)
-    if n_kp is not None and n_kp < points.shape[1]:
+    with torch.no_grad():
+        n_kp = policy.point(take_obs(obs, np.arange(1))).shape[1]
+    if n_kp < points.shape[1]:
         raise ValueError(
-            f"policy.kwargs.n_keypoints ({n_kp}) must be >= the {points.shape[1]} pointing labels per frame"
+            f"the policy has {n_kp} keypoints, fewer than the {points.shape[1]} pointing labels per "
+            "frame (tiny_vla: policy.kwargs.n_keypoints)"
         )
     # Pretraining is what the encoder is for: train it even when the policy freezes it afterwards.
     frozen = [p for p in policy.parameters() if not p.requires_grad]

@@ -75,8 +75,11 @@ def test_pretraining_trains_a_frozen_encoder_and_leaves_it_frozen():
 
 
 def test_pretraining_needs_a_keypoint_per_label():
-    _, policy = _policy("policy.kwargs.n_keypoints=1")
+    _, policy = _policy("policy.kwargs.n_keypoints=1", "policy.kwargs.freeze_encoder=true")
     obs, points, _ = collect_demos("tabletop", {"family": "object"}, 2, 4, seed_offset=0, with_points=True)
     assert points.shape[1] == 2
-    with pytest.raises(ValueError, match=r"n_keypoints \(1\).*2 pointing labels"):
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    with pytest.raises(ValueError, match=r"1 keypoints, fewer than the 2 pointing labels.*n_keypoints"):
         pretrain_grounding(policy, obs, points, epochs=1, batch_size=16, lr=1e-3)
+    assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())  # nothing trained
+    assert not any(p.requires_grad for p in policy.cnn.parameters())  # still frozen
