@@ -233,7 +233,7 @@ class TinyVLA(Policy):
         # map: each keypoint is the expected (x, y) of a softmax attention map, a direct route from
         # "where is the named object" to the action, which pixels-to-actions learning needs most.
         # Grounding pretraining supervises the first ones (named object, goal); the rest are free.
-        self.n_keypoints = int(n_keypoints)
+        self.n_keypoints = self._kwargs["n_keypoints"]
         # The keypoint map: with ``fine_keypoints`` a feature-pyramid step, the second CNN stage
         # (twice as fine) concatenated with the last stage upsampled to it. An 8x8 map's cells are
         # 0.125 wide, as wide as the grasp radius allows errors: pointing from it was measured
