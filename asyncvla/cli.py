@@ -225,7 +225,8 @@ def sft(
 
     import torch
 
-    from asyncvla.train import build_policy, evaluate, probe_env, run_sft
+    from asyncvla.builder import build_policy, evaluate, probe_env
+    from asyncvla.train import run_sft
 
     cfg = _config(config, overrides)
     torch.manual_seed(cfg.seed)
@@ -251,8 +252,8 @@ def eval_cmd(
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides of the env config"),
 ) -> None:
     """Evaluate a checkpoint deterministically on held-out init states."""
+    from asyncvla.builder import evaluate
     from asyncvla.policies import load_policy
-    from asyncvla.train import evaluate
 
     cfg_path = config
     if cfg_path is None:

@@ -14,64 +14,13 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from asyncvla.builder import build_policy, evaluate, probe_env
 from asyncvla.config import Config, ConfigError
-from asyncvla.envs import make_env
-from asyncvla.envs.base import VectorEnv
-from asyncvla.evaluation import evaluate_policy
-from asyncvla.policies import Policy, load_policy, make_policy, save_policy
+from asyncvla.policies import Policy, load_policy, save_policy
 from asyncvla.rundir import RunDir
 from asyncvla.runtime.launcher import Runtime, init_ray, load_weights
 from asyncvla.runtime.types import concat_obs
 from asyncvla.sft import behaviour_clone, collect_demos, pretrain_grounding
-
-
-def probe_env(cfg: Config) -> VectorEnv:
-    """One env, built only to read spaces and vocabulary; bad env kwargs fail here, at start."""
-    try:
-        return make_env(cfg.env.name, num_envs=1, **cfg.env.kwargs)
-    except KeyError as e:
-        raise ConfigError(f"env.name: {e.args[0]}") from None
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"env.kwargs: {e}") from None
-    except ImportError as e:  # the env's simulator is not installed (e.g. libero: `make libero`)
-        raise ConfigError(f"env.name: {cfg.env.name}: {e}") from None
-
-
-def env_spec(env: VectorEnv) -> dict[str, Any]:
-    """The generic constructor kwargs every registered policy accepts (see policies/base.py)."""
-    space = env.single_observation_space
-    act = env.single_action_space
-    return {
-        "vocabulary": env.vocabulary(),
-        "image_size": int(space["image"].shape[0]),
-        "image_keys": [k for k in ("image", "wrist_image") if k in space.spaces],
-        "state_dim": int(space["state"].shape[0]),
-        "action_dim": int(act.shape[0]),
-        "action_low": act.low.astype(float).tolist(),
-        "action_high": act.high.astype(float).tolist(),
-    }
-
-
-def build_policy(cfg: Config, env: VectorEnv) -> Policy:
-    kwargs = {**env_spec(env), "chunk_size": cfg.policy.chunk_size, **cfg.policy.kwargs}
-    try:
-        return make_policy(cfg.policy.name, **kwargs)
-    except KeyError as e:
-        raise ConfigError(f"policy.name: {e.args[0]}") from None
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"policy.kwargs: {e}") from None
-
-
-def evaluate(cfg: Config, policy: Policy, episodes: int) -> dict[str, float]:
-    return evaluate_policy(
-        policy,
-        cfg.env.name,
-        cfg.env.kwargs,
-        episodes=episodes,
-        num_envs=cfg.eval.num_envs,
-        seed_offset=cfg.eval.seed_offset,
-        deterministic=cfg.eval.deterministic,
-    )
 
 
 def run_sft(cfg: Config, policy: Policy, out_dir: Path, console: Console) -> dict[str, float]:

@@ -4,7 +4,7 @@ import torch
 
 from asyncvla.config import load_config
 from asyncvla.sft import behaviour_clone, collect_demos, pretrain_grounding
-from asyncvla.train import build_policy, probe_env
+from asyncvla.builder import build_policy, probe_env
 
 
 def _policy(*overrides):

@@ -149,7 +149,7 @@ def auto_tune(cfg: Any, policy: Any = None) -> tuple[Any, dict[str, Any]]:
     ``runtime.batch_timeout_ms`` and what was measured and chosen (``runtime.auto_tune: true``).
 
     The timings are taken in the calling process (its torch threads, not a rollout worker's)."""
-    from asyncvla.train import build_policy, probe_env
+    from asyncvla.builder import build_policy, probe_env
 
     if policy is None:
         probe = probe_env(cfg)
@@ -177,7 +177,7 @@ def tune_profile(profile: Any, mode: str = "streamer", time_scale: float | None 
 
     from asyncvla.bench.profiles import RealProfile, mode_config
     from asyncvla.bench.simulate import simulate, spec_from_config
-    from asyncvla.train import build_policy, probe_env
+    from asyncvla.builder import build_policy, probe_env
 
     with tempfile.TemporaryDirectory() as lock_dir:
         cfg = mode_config(profile, mode, 1, "tune", lock_dir, hold_log=False, time_scale=time_scale)

@@ -19,7 +19,8 @@ from asyncvla.runtime.env_worker import EnvManager
 from asyncvla.runtime.trainer import Trainer
 from asyncvla.runtime.types import ActionReply
 from asyncvla.runtime.weights import pack, unpack
-from asyncvla.train import build_policy, probe_env, train
+from asyncvla.builder import build_policy, probe_env
+from asyncvla.train import train
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

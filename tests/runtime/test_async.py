@@ -12,7 +12,8 @@ import pytest
 from asyncvla.config import load_config
 from asyncvla.runtime.events import read_events
 from asyncvla.runtime.launcher import Runtime, WorkerError
-from asyncvla.train import build_policy, probe_env, train
+from asyncvla.builder import build_policy, probe_env
+from asyncvla.train import train
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

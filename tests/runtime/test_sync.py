@@ -9,7 +9,8 @@ from asyncvla.policies import load_policy
 from asyncvla.runtime.env_worker import EnvManager
 from asyncvla.runtime.trainer import Trainer
 from asyncvla.runtime.types import ActionReply
-from asyncvla.train import build_policy, probe_env, train
+from asyncvla.builder import build_policy, probe_env
+from asyncvla.train import train
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

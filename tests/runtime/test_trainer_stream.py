@@ -8,7 +8,7 @@ from asyncvla.config import load_config
 from asyncvla.runtime.env_worker import EnvManager
 from asyncvla.runtime.trainer import Trainer
 from asyncvla.runtime.types import ActionReply
-from asyncvla.train import build_policy, probe_env
+from asyncvla.builder import build_policy, probe_env
 
 TINY = [
     "env.num_envs=4",
