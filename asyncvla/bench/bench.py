@@ -55,9 +55,9 @@ def run_mode(
     time_scale: float | None = None,
 ) -> dict[str, Any]:
     """One run of one mode through ``Runtime``; returns its analysis (``analysis.analyze_run``)."""
+    from asyncvla.builder import build_policy, probe_env
     from asyncvla.runtime.events import read_events
     from asyncvla.runtime.launcher import Runtime
-    from asyncvla.builder import build_policy, probe_env
 
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id = f"{mode}-{uuid.uuid4().hex[:8]}"

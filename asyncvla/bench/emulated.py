@@ -12,12 +12,13 @@ staleness gate and trainer) can be benchmarked on any machine:
 * ``act`` called by the trainer (the bootstrap value of a segment) holds the trainer device for
   ``bootstrap_factor * infer(B / gpus)`` seconds.
 
-Each cost model is ``max(floor_s, a_s + b_s * x)`` for a per-GPU batch of ``x`` samples: data
-parallelism over ``gpus`` devices splits the batch. ``colocated`` is the same device name for the
+Each cost model is ``asyncvla.runtime.costs.CostModel``, ``max(floor_s, a_s + b_s * x)`` for a
+per-GPU batch of ``x`` samples: data parallelism over ``gpus`` devices splits the batch. ``colocated`` is the same device name for the
 rollout and the trainer (they exclude each other); ``disaggregated`` is two names.
 
 The outputs are a valid Gaussian policy for PPO: a real (tiny) mean, log-std and value parameter,
-per-token log-probs [B, K, A], entropy [B, K, A], values [B]; ``act`` and ``evaluate`` agree.
+per-token log-probs [B, K, A] and entropy [B, K, A] of ``torch.distributions.Normal``, values [B];
+``act`` and ``evaluate`` agree.
 
 Which role a process plays comes from ``role`` if given, else from the Ray actor class that holds
 the policy (``RolloutServer`` / ``TrainerActor``), else from the method (act: rollout, evaluate:
@@ -33,32 +34,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.distributions import Normal
 
 from asyncvla.bench.vdevice import device
 from asyncvla.envs.base import ObsBatch
 from asyncvla.policies.base import ActOutput, EvalOutput, Policy
+from asyncvla.runtime.costs import CostModel
 
 ROLES = ("rollout", "trainer")
-
-
-def cost_s(model: Mapping[str, float] | None, x: float) -> float:
-    """``max(floor_s, a_s + b_s * x)`` seconds (0 for no model or x <= 0)."""
-    if not model or x <= 0:
-        return 0.0
-    return max(
-        float(model.get("floor_s", 0.0)), float(model.get("a_s", 0.0)) + float(model.get("b_s", 0.0)) * x
-    )
-
-
-def _cost_model(name: str, model: Mapping[str, Any] | None) -> dict[str, float]:
-    model = dict(model or {})
-    extra = set(model) - {"a_s", "b_s", "floor_s"}
-    if extra:
-        raise ValueError(f"{name} has unknown keys {sorted(extra)}; allowed: a_s, b_s, floor_s")
-    out = {k: float(model.get(k, 0.0)) for k in ("a_s", "b_s", "floor_s")}
-    if any(v < 0 or not math.isfinite(v) for v in out.values()):
-        raise ValueError(f"{name} costs must be finite and >= 0, got {out}")
-    return out
 
 
 class EmulatedPolicy(Policy):
@@ -96,8 +79,8 @@ class EmulatedPolicy(Policy):
             raise ValueError("chunk_size and action_dim must be >= 1")
         self.action_low = [float(v) for v in (action_low or [-1.0] * self.action_dim)]
         self.action_high = [float(v) for v in (action_high or [1.0] * self.action_dim)]
-        self.infer_cost = _cost_model("infer", infer)
-        self.train_cost = _cost_model("train", train)
+        self.infer_cost = CostModel.from_dict(infer, "infer")
+        self.train_cost = CostModel.from_dict(train, "train")
         for name, v in (
             ("nograd_factor", nograd_factor),
             ("bootstrap_factor", bootstrap_factor),
@@ -152,22 +135,19 @@ class EmulatedPolicy(Policy):
         role = role or ("rollout" if op == "act" else "trainer")
         x = samples / self.gpus[role]
         if op == "act":
-            c = cost_s(self.infer_cost, x)
+            c = self.infer_cost(x)
             return c * self.bootstrap_factor if role == "trainer" else c
         if op == "evaluate":
-            c = cost_s(self.train_cost, x)
+            c = self.train_cost(x)
             return c if grad else c * self.nograd_factor
         raise ValueError(f"unknown op {op!r}")
 
     # -- the distribution --------------------------------------------------------------------------
-    def _dist(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _dist(self, b: int) -> Normal:
+        """The per-token Gaussian of a batch of ``b``: mean and std [b, K, A]."""
         mean = self.mean.unsqueeze(0).expand(b, -1, -1)
-        log_std = self.log_std.clamp(-5.0, 2.0).unsqueeze(0).expand(b, -1, -1)
-        return mean, log_std
-
-    @staticmethod
-    def _log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-        return -0.5 * ((x - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+        std = self.log_std.clamp(-5.0, 2.0).exp().unsqueeze(0).expand(b, -1, -1)
+        return Normal(mean, std)
 
     # -- the Policy interface ----------------------------------------------------------------------
     def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOutput:
@@ -176,9 +156,9 @@ class EmulatedPolicy(Policy):
         seconds = self.stage_cost_s("act", b, role)
         with self._device(role).hold(op="act", role=role, samples=b) as h:
             with torch.no_grad():
-                mean, log_std = self._dist(b)
-                actions = mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)
-                lp = self._log_prob(actions, mean, log_std)
+                dist = self._dist(b)
+                actions = dist.mean if deterministic else dist.sample()
+                lp = dist.log_prob(actions)
                 values = self.value.expand(b)
             out = ActOutput(
                 actions=actions.detach().numpy().astype(np.float32),
@@ -197,9 +177,9 @@ class EmulatedPolicy(Policy):
         grad = torch.is_grad_enabled()
         seconds = self.stage_cost_s("evaluate", b, role, grad=grad)
         with self._device(role).hold(op="evaluate" if grad else "evaluate_nograd", role=role, samples=b) as h:
-            mean, log_std = self._dist(b)
-            lp = self._log_prob(a, mean, log_std)
-            entropy = (0.5 + 0.5 * math.log(2 * math.pi) + log_std).expand_as(lp)
+            dist = self._dist(b)
+            lp = dist.log_prob(a)
+            entropy = dist.entropy()
             values = self.value.expand(b)
             h.occupy(seconds)
         return EvalOutput(log_probs=lp, entropy=entropy, values=values)
@@ -222,8 +202,8 @@ class EmulatedPolicy(Policy):
             "action_low": list(self.action_low),
             "action_high": list(self.action_high),
             "chunk_size": self.chunk_size,
-            "infer": dict(self.infer_cost),
-            "train": dict(self.train_cost),
+            "infer": self.infer_cost.to_dict(),
+            "train": self.train_cost.to_dict(),
             "nograd_factor": self.nograd_factor,
             "bootstrap_factor": self.bootstrap_factor,
             "sync_s": self.sync_s,

@@ -8,8 +8,8 @@ global ``time_scale`` that multiplies all of them (so a mode runs in seconds her
   envs simulated one after another, ``batch``: one cost per step for the whole batch), envs per
   manager, managers, env workers, and ``processes_per_manager`` (a manager stands for that many CPU
   processes stepping its envs in parallel: the per-env latency is divided by it);
-* ``infer`` / ``train``: ``max(floor_s, a_s + b_s * x)`` for a per-GPU batch of x samples
-  (inference batch, training micro-batch); ``sync_s``: loading published weights on the rollout
+* ``infer`` / ``train``: ``asyncvla.runtime.costs.CostModel``, ``max(floor_s, a_s + b_s * x)``
+  for a per-GPU batch of x samples (inference batch, training micro-batch); ``sync_s``: loading published weights on the rollout
   side;
 * ``placements``: which virtual device and how many GPUs the rollout and the trainer get when
   ``colocated`` (one device, both use all its GPUs, in turns) and ``disaggregated``.
@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from asyncvla.config import Config, ConfigError, set_dotted
 from asyncvla.envs.wrappers import LatencyConfig
+from asyncvla.runtime.costs import CostModel, fit_cost, fit_error
 
 POLICY_NAME = "asyncvla.bench.emulated:EmulatedPolicy"
 
@@ -92,20 +93,6 @@ BASELINE = "sync-colocated"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class CostModel(_Strict):
-    """``max(floor_s, a_s + b_s * x)`` seconds for x samples on one GPU."""
-
-    a_s: float = Field(0.0, ge=0.0)
-    b_s: float = Field(0.0, ge=0.0)
-    floor_s: float = Field(0.0, ge=0.0)
-
-    def __call__(self, x: float) -> float:
-        return 0.0 if x <= 0 else max(self.floor_s, self.a_s + self.b_s * x)
-
-    def scaled(self, s: float) -> dict[str, float]:
-        return {"a_s": self.a_s * s, "b_s": self.b_s * s, "floor_s": self.floor_s * s}
 
 
 class DeviceSpec(_Strict):
@@ -262,8 +249,8 @@ def mode_config(
             "name": POLICY_NAME,
             "chunk_size": profile.chunk_size,
             "kwargs": {
-                "infer": profile.infer.scaled(s),
-                "train": profile.train.scaled(s),
+                "infer": profile.infer.scaled(s).to_dict(),
+                "train": profile.train.scaled(s).to_dict(),
                 "nograd_factor": profile.nograd_factor,
                 "bootstrap_factor": profile.bootstrap_factor,
                 "sync_s": profile.sync_s * s,
@@ -398,8 +385,8 @@ def nominal_costs(profile: Profile, mode: str, time_scale: float | None = None) 
         batch = env.num_managers * env.num_envs
     pol = cfg.policy.kwargs
     g_r, g_t = pol["gpus"]["rollout"], pol["gpus"]["trainer"]
-    infer = CostModel(**pol["infer"])
-    train = CostModel(**pol["train"])
+    infer = CostModel.from_dict(pol["infer"], "infer")
+    train = CostModel.from_dict(pol["train"], "train")
     mb = cfg.algo.minibatch_size
     gb = cfg.global_batch()
     costs = {
@@ -419,28 +406,7 @@ def nominal_costs(profile: Profile, mode: str, time_scale: float | None = None) 
 
 
 # -- profiles built from the H200 stage-cost measurements ------------------------------------------
-def fit_cost(points: dict[str | int, float], min_x: int = 8) -> dict[str, float]:
-    """``a + b x`` by least squares over the points with x >= ``min_x`` (b >= 0), and ``floor``:
-    the mean cost of the points below ``min_x`` (small batches do not get cheaper than that)."""
-    xs = sorted((int(x), float(y)) for x, y in points.items())
-    big = [(x, y) for x, y in xs if x >= min_x] or xs
-    n = len(big)
-    mx = sum(x for x, _ in big) / n
-    my = sum(y for _, y in big) / n
-    sxx = sum((x - mx) ** 2 for x, _ in big)
-    b = max(0.0, sum((x - mx) * (y - my) for x, y in big) / sxx) if sxx > 0 else 0.0
-    a = max(0.0, my - b * mx)
-    small = [y for x, y in xs if x < min_x]
-    floor = sum(small) / len(small) if small else 0.0
-    return {"a_s": a, "b_s": b, "floor_s": floor}
-
-
-def fit_error(points: dict[str | int, float], model: dict[str, float]) -> float:
-    """Largest relative error of a cost model at the measured points."""
-    return max(abs(CostModel(**model)(int(x)) / float(y) - 1.0) for x, y in points.items())
-
-
-def best_fit(points: dict[str | int, float], candidates: tuple[int, ...] = (8, 16, 32)) -> dict[str, float]:
+def best_fit(points: dict[str | int, float], candidates: tuple[int, ...] = (8, 16, 32)) -> CostModel:
     """``fit_cost`` with the ``min_x`` (among ``candidates``) of the smallest largest relative error;
     a fixed rule, so the profile numbers follow from the measurements alone."""
     fits = [fit_cost(points, m) for m in candidates]
@@ -453,8 +419,8 @@ def derive_h200(path: str | Path, model: str) -> dict[str, Any]:
     data = json.loads(Path(path).read_text())[model]
     infer, train = best_fit(data["infer_s"]), best_fit(data["train_s"])
     return {
-        "infer": infer,
-        "train": train,
+        "infer": infer.to_dict(),
+        "train": train.to_dict(),
         "infer_max_rel_error": fit_error(data["infer_s"], infer),
         "train_max_rel_error": fit_error(data["train_s"], train),
         "sync_s": float(data["d2h_full_weights_s"]),

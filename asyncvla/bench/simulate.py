@@ -42,16 +42,10 @@ from simpy import Event
 
 from asyncvla.envs.wrappers import LatencyEmulator
 from asyncvla.runtime.batching import DynamicBatcher, Waiting
+from asyncvla.runtime.costs import CostModel
 from asyncvla.runtime.gate import StalenessGate, admissible
 
 Proc = Generator[Event, Any, Any]
-
-
-def cost_s(model: dict[str, float], x: float) -> float:
-    """``max(floor_s, a_s + b_s * x)`` (as ``emulated.cost_s``; kept here so no torch import)."""
-    if not model or x <= 0:
-        return 0.0
-    return max(model.get("floor_s", 0.0), model.get("a_s", 0.0) + model.get("b_s", 0.0) * x)
 
 
 @dataclass(frozen=True)
@@ -65,8 +59,8 @@ class SimSpec:
     chunk_size: int
     latency: dict[str, Any]
     """Tabletop latency dict as the env gets it (per env and action step, already scaled)."""
-    infer: dict[str, float]
-    train: dict[str, float]
+    infer: CostModel
+    train: CostModel
     rollout_devices: tuple[str, ...]
     """One device name per rollout worker."""
     rollout_gpus: float
@@ -117,8 +111,8 @@ def spec_from_config(cfg: Any, **extra: Any) -> SimSpec:
         rollout_steps=cfg.train.rollout_steps,
         chunk_size=cfg.policy.chunk_size,
         latency=dict(cfg.env.kwargs.get("latency") or {}),
-        infer=dict(pol.get("infer", {})),
-        train=dict(pol.get("train", {})),
+        infer=CostModel.from_dict(pol.get("infer"), "policy.kwargs.infer"),
+        train=CostModel.from_dict(pol.get("train"), "policy.kwargs.train"),
         rollout_devices=(pol["devices"]["rollout"],) * rt.num_rollout_workers,
         rollout_gpus=float(pol["gpus"]["rollout"]),
         trainer_devices=(pol["devices"]["trainer"],),
@@ -254,7 +248,7 @@ class _Model:
         return self.hold(list(self.s.trainer_devices), seconds)
 
     def _train_cost(self, samples: int, grad: bool = True) -> float:
-        c = cost_s(self.s.train, samples / self.s.trainer_gpus)
+        c = self.s.train(samples / self.s.trainer_gpus)
         return c if grad else c * self.s.nograd_factor
 
     def _minibatches(self, total: int) -> Proc:
@@ -269,9 +263,9 @@ class _Model:
         segs: list[Seg] = []
         pending = 0
         if s.bootstrap_data_parallel:
-            boot = s.bootstrap_factor * cost_s(s.infer, s.num_envs) / s.trainer_gpus
+            boot = s.bootstrap_factor * s.infer(s.num_envs) / s.trainer_gpus
         else:
-            boot = s.bootstrap_factor * cost_s(s.infer, s.num_envs / s.trainer_gpus)
+            boot = s.bootstrap_factor * s.infer(s.num_envs / s.trainer_gpus)
         while done < self.updates:
             seg = yield self.queue.get()
             buffered.setdefault(seg.target, []).append(seg)
@@ -380,7 +374,7 @@ class _Rollout:
                 batch = self.batcher.take(adm)
                 n = sum(w.samples for w in batch)
                 self.batch_sizes.append(n)
-                yield from self.m.hold([self.device], cost_s(s.infer, n / s.rollout_gpus))
+                yield from self.m.hold([self.device], s.infer(n / s.rollout_gpus))
                 for w in batch:
                     reply = sim.timeout(s.overhead_s / 2, v)
                     reply.callbacks.append(lambda e, token=w.token: self._reply(token, e.value))

@@ -1,18 +1,19 @@
 """Virtual devices: named, cross-process mutual exclusion standing in for an accelerator.
 
-A device is a lock file ``<lock_dir>/<run_id>.<name>.lock``; holding it is ``fcntl.flock`` (all
-processes of one machine) plus a ``threading.Lock`` (threads of one process share an open file,
-for which ``flock`` would not exclude). Two workers that name the same device take turns
-(``colocated``); different names run concurrently (``disaggregated``).
+A device is a lock file ``<lock_dir>/<run_id>.<name>.lock``; holding it is holding a
+``filelock.FileLock`` on it, which excludes every other holder on the machine: other processes,
+and other threads of this one (its lock state is per thread, ``thread_local=True``; each thread's
+acquisition is an ``flock`` on its own descriptor). Two workers that name the same device take
+turns (``colocated``); different names run concurrently (``disaggregated``).
 
 Every hold can be appended to a per-process log ``<lock_dir>/<run_id>.holds.<pid>.jsonl`` (device,
-role, op, samples, t0, t1 in ``time.time()`` seconds): the exact occupancy of each device, without
-the time spent waiting for it. Standard library only, so a test can spawn holders cheaply.
+role, op, samples, seconds requested, t0, t1 in ``time.time()`` seconds): the exact occupancy of
+each device, without the time spent waiting for it. No torch import, so a test can spawn holders
+cheaply.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -24,7 +25,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+POLL_S = 0.001
+"""How often a waiting holder retries the lock (filelock polls a non-blocking ``flock``): the most a
+hand-over can add to a device's idle time, small next to the stage costs emulated."""
 
 
 def default_lock_dir() -> Path:
@@ -41,10 +47,13 @@ class Hold:
     def __init__(self, t0: float) -> None:
         self.t0 = t0
         self._p0 = time.perf_counter()
+        self.requested_s = 0.0
+        """The seconds the body asked to hold the device for (``occupy``)."""
 
     def occupy(self, seconds: float) -> None:
         """Sleep until ``seconds`` have passed since the hold began (real work inside counts)."""
-        remaining = self._p0 + max(0.0, float(seconds)) - time.perf_counter()
+        self.requested_s = max(0.0, float(seconds))
+        remaining = self._p0 + self.requested_s - time.perf_counter()
         if remaining > 0:
             time.sleep(remaining)
 
@@ -61,26 +70,15 @@ class VirtualDevice:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / f"{_safe(self.run_id)}.{_safe(self.name)}.lock"
         self.log = log
-        self._fd: int | None = None
-        self._tlock = threading.Lock()
-
-    def _file(self) -> int:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        return self._fd
+        self._lock = FileLock(self.path)
 
     @contextmanager
     def hold(self, op: str = "", role: str = "", samples: int = 0) -> Iterator[Hold]:
         """Exclusive use of the device for the body of the ``with`` (waits for other holders)."""
-        with self._tlock:
-            fd = self._file()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                h = Hold(time.time())
-                yield h
-                t1 = time.time()
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        with self._lock.acquire(poll_interval=POLL_S):
+            h = Hold(time.time())
+            yield h
+            t1 = time.time()
         if self.log:
             self._write(
                 {
@@ -88,6 +86,7 @@ class VirtualDevice:
                     "role": role,
                     "op": op,
                     "samples": int(samples),
+                    "requested_s": h.requested_s,
                     "t0": h.t0,
                     "t1": t1,
                     "pid": os.getpid(),
@@ -99,21 +98,19 @@ class VirtualDevice:
         with path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
-
-_DEVICES: dict[tuple[str, str, str, bool], VirtualDevice] = {}
+_DEVICES: dict[tuple[int, str, str, str, bool], VirtualDevice] = {}
 _DEVICES_LOCK = threading.Lock()
 
 
 def device(
     name: str, run_id: str = "default", lock_dir: str | Path | None = None, log: bool = False
 ) -> VirtualDevice:
-    """The process-wide instance of a device (one open file and one thread lock per name)."""
-    key = (str(name), str(run_id), str(lock_dir or default_lock_dir()), bool(log))
+    """The process-wide instance of a device (one lock object per name, run and lock directory).
+
+    Keyed by process id too: a forked child builds its own (filelock refuses a lock object
+    inherited across a fork)."""
+    key = (os.getpid(), str(name), str(run_id), str(lock_dir or default_lock_dir()), bool(log))
     with _DEVICES_LOCK:
         if key not in _DEVICES:
             _DEVICES[key] = VirtualDevice(name, run_id, lock_dir, log)
@@ -131,16 +128,3 @@ def read_holds(lock_dir: str | Path, run_id: str) -> list[dict[str, Any]]:
                 except json.JSONDecodeError:  # a process killed mid-write leaves a partial last line
                     continue
     return sorted(out, key=lambda r: r["t0"])
-
-
-def hold_for(name: str, seconds: float, start_at: float, run_id: str, lock_dir: str, out_path: str) -> None:
-    """Test helper (a subprocess target): at wall time ``start_at`` take ``name`` for ``seconds``
-    and write the hold interval ``[t0, t1]`` as JSON to ``out_path``."""
-    dev = VirtualDevice(name, run_id, lock_dir)
-    delay = start_at - time.time()
-    if delay > 0:
-        time.sleep(delay)
-    with dev.hold(op="test") as h:
-        h.occupy(seconds)
-        t1 = time.time()
-    Path(out_path).write_text(json.dumps({"t0": h.t0, "t1": t1}))

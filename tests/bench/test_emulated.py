@@ -1,20 +1,18 @@
 """EmulatedPolicy (durations on virtual devices, valid PPO outputs) and the device locks."""
 
-import json
 import multiprocessing as mp
 import threading
-import time
 import uuid
 
 import numpy as np
 import pytest
 import torch
 
-from asyncvla.bench.emulated import EmulatedPolicy, cost_s
-from asyncvla.bench.vdevice import device, hold_for, read_holds
+from asyncvla.bench import vdevice
+from asyncvla.bench.emulated import EmulatedPolicy
+from asyncvla.bench.vdevice import Hold, read_holds
 from asyncvla.policies import load_policy, save_policy
-
-SLACK = 0.15  # seconds a loaded 2-core machine may add to a sleep
+from tests.bench.holders import hold_and_count
 
 
 def _policy(tmp_path, **kw):
@@ -34,69 +32,104 @@ def _policy(tmp_path, **kw):
     return EmulatedPolicy(**args)
 
 
-def _timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
+@pytest.fixture
+def slept(monkeypatch):
+    """Holds do not sleep: every ``time.sleep`` the device asks for is recorded instead."""
+    calls: list[float] = []
+    monkeypatch.setattr(vdevice.time, "sleep", calls.append)
+    return calls
 
 
-def test_cost_model():
-    assert cost_s({"a_s": 1.0, "b_s": 0.5, "floor_s": 0.0}, 4) == 3.0
-    assert cost_s({"a_s": 0.0, "b_s": 0.1, "floor_s": 2.0}, 4) == 2.0  # small batches hit the floor
-    assert cost_s({"a_s": 1.0}, 0) == 0.0 and cost_s(None, 5) == 0.0
+def _requested(p):
+    return [(h["device"], h["op"], h["samples"], h["requested_s"]) for h in read_holds(p.lock_dir, p.run_id)]
 
 
-def test_act_and_evaluate_agree_and_take_the_configured_time(tmp_path):
+def test_occupy_sleeps_the_rest_of_the_requested_time(monkeypatch):
+    clock = [100.0]
+    calls: list[float] = []
+    monkeypatch.setattr(vdevice.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(vdevice.time, "sleep", calls.append)
+    h = Hold(t0=0.0)
+    clock[0] += 0.02  # real work inside the hold counts towards its cost
+    h.occupy(0.06)
+    assert calls == [pytest.approx(0.04)] and h.requested_s == 0.06
+    h = Hold(t0=0.0)
+    clock[0] += 1.0  # the work alone took longer than the cost: no sleep
+    h.occupy(0.5)
+    h = Hold(t0=0.0)
+    h.occupy(-1.0)
+    assert calls == [pytest.approx(0.04)] and h.requested_s == 0.0
+
+
+def test_act_and_evaluate_agree_and_request_the_configured_time(tmp_path, slept):
     p = _policy(tmp_path)
     obs = {"state": np.zeros((5, 6), np.float32)}
-    out, dt = _timed(lambda: p.act(obs))
-    assert 0.06 <= dt < 0.06 + SLACK  # 0.01 + 0.01 x 5
+    out = p.act(obs)
     assert out.actions.shape == out.log_probs.shape == (5, 3, 2) and out.values.shape == (5,)
     assert out.actions.dtype == out.log_probs.dtype == np.float32 and out.version == 0
-    ev, dt = _timed(lambda: p.evaluate(obs, out.actions))
-    assert 0.10 <= dt < 0.10 + SLACK  # 0.02 x 5, gradients on
+    ev = p.evaluate(obs, out.actions)
     np.testing.assert_allclose(ev.log_probs.detach().numpy(), out.log_probs, atol=1e-5)
     assert ev.entropy.shape == (5, 3, 2) and ev.values.shape == (5,)
     (-(ev.log_probs.sum()) + ev.values.pow(2).sum() - ev.entropy.sum()).backward()
     assert all(q.grad is not None for q in p.parameters())
     with torch.no_grad():
-        _, dt = _timed(lambda: p.evaluate(obs, torch.from_numpy(out.actions)))
-    assert 0.05 <= dt < 0.05 + SLACK  # a forward only: nograd_factor x 0.10
+        p.evaluate(obs, torch.from_numpy(out.actions))
     det = p.act(obs, deterministic=True)
     np.testing.assert_allclose(det.actions, 0.0)
-    holds = read_holds(tmp_path, p.run_id)
-    assert [(h["device"], h["op"], h["samples"]) for h in holds] == [
-        ("d0", "act", 5),
-        ("d1", "evaluate", 5),
-        ("d1", "evaluate_nograd", 5),
-        ("d0", "act", 5),
+    assert _requested(p) == [
+        ("d0", "act", 5, pytest.approx(0.06)),  # 0.01 + 0.01 x 5
+        ("d1", "evaluate", 5, pytest.approx(0.10)),  # 0.02 x 5, gradients on
+        ("d1", "evaluate_nograd", 5, pytest.approx(0.05)),  # a forward only: nograd_factor x 0.10
+        ("d0", "act", 5, pytest.approx(0.06)),
     ]
-    assert all(0.05 <= h["t1"] - h["t0"] < 0.1 + SLACK for h in holds)
+    assert len(slept) == 4 and all(0 < s <= r for s, r in zip(slept, (0.06, 0.10, 0.05, 0.06), strict=True))
 
 
-def test_gpus_split_the_batch_and_roles_pick_the_device(tmp_path):
+def test_log_probs_and_entropy_are_the_gaussians_by_hand(tmp_path, slept):
+    p = _policy(tmp_path, init_log_std=0.0)
+    with torch.no_grad():
+        p.mean.fill_(0.5)
+    a = np.zeros((2, 3, 2), np.float32)
+    ev = p.evaluate({"state": np.zeros((2, 6), np.float32)}, a)
+    # N(0.5, 1) at 0: -0.5 x 0.25 - log sqrt(2 pi); entropy 0.5 + log sqrt(2 pi)
+    half_log_2pi = 0.5 * np.log(2 * np.pi)
+    np.testing.assert_allclose(ev.log_probs.detach().numpy(), -0.125 - half_log_2pi, rtol=1e-6)
+    np.testing.assert_allclose(ev.entropy.detach().numpy(), 0.5 + half_log_2pi, rtol=1e-6)
+
+
+def test_gpus_split_the_batch_and_roles_pick_the_device(tmp_path, slept):
     p = _policy(tmp_path, gpus={"rollout": 2, "trainer": 4})
     assert p.stage_cost_s("act", 10) == pytest.approx(0.01 + 0.01 * 5)
     assert p.stage_cost_s("evaluate", 8) == pytest.approx(0.02 * 2)
     assert p.stage_cost_s("evaluate", 8, grad=False) == pytest.approx(0.02 * 2 * 0.5)
     assert p.stage_cost_s("act", 8, role="trainer") == pytest.approx(0.01 + 0.01 * 2)  # bootstrap
+    assert p.stage_cost_s("act", 0) == 0.0  # an empty batch costs nothing
     assert p.stage_cost_s("load", 0, role="rollout") == 0.05
     assert p.stage_cost_s("load", 0, role="trainer") == 0.0
+    with pytest.raises(ValueError, match="unknown op"):
+        p.stage_cost_s("backward", 4)
     t = _policy(tmp_path, role="trainer", bootstrap_factor=0.0)
-    obs = {"state": np.zeros((4, 6), np.float32)}
-    _, dt = _timed(lambda: t.act(obs))
-    assert dt < SLACK  # the trainer's bootstrap forward is free here
+    t.act({"state": np.zeros((4, 6), np.float32)})
+    assert _requested(t) == [("d1", "act", 4, 0.0)]  # the trainer's bootstrap forward is free here
+    assert slept == []
 
 
-def test_weight_load_takes_sync_time_on_the_rollout_only(tmp_path):
+def test_weight_load_takes_sync_time_on_the_rollout_only(tmp_path, slept):
     p = _policy(tmp_path)
     sd = {k: v.clone() + 1 for k, v in p.state_dict().items()}
-    _, dt = _timed(lambda: p.load_state_dict(sd))
-    assert 0.05 <= dt < 0.05 + SLACK
+    p.load_state_dict(sd)
     assert torch.equal(p.mean, sd["mean"])
+    assert _requested(p) == [("d0", "sync", 0, pytest.approx(0.05))]
     t = _policy(tmp_path, role="trainer")
-    _, dt = _timed(lambda: t.load_state_dict(sd))
-    assert dt < SLACK
+    t.load_state_dict(sd)
+    assert torch.equal(t.mean, sd["mean"]) and _requested(t) == []  # no hold at all
+
+
+def test_bad_cost_models_are_refused_in_one_line(tmp_path):
+    with pytest.raises(ValueError, match=r"^infer: unknown keys \['c_s'\]"):
+        _policy(tmp_path, infer={"c_s": 1.0})
+    with pytest.raises(ValueError, match=r"^train\.b_s: "):
+        _policy(tmp_path, train={"b_s": -1.0})
 
 
 def test_checkpoint_round_trip_through_the_plugin_name(tmp_path):
@@ -109,54 +142,59 @@ def test_checkpoint_round_trip_through_the_plugin_name(tmp_path):
     assert torch.equal(q.mean, p.mean)
 
 
-def _intervals(tmp_path, names):
-    ctx = mp.get_context("spawn")
+def _holders(tmp_path, names, ctx, meet=False, fresh=False):
+    """Run one ``hold_and_count`` per name (processes for ``ctx`` a multiprocessing context,
+    threads for ``ctx`` None); returns the most holders seen inside a hold at once."""
     run_id = uuid.uuid4().hex
-    start_at = time.time() + 2.0  # both processes are up by then
-    procs = []
-    for i, name in enumerate(names):
-        out = tmp_path / f"hold{i}.json"
-        procs.append(
-            (ctx.Process(target=hold_for, args=(name, 0.4, start_at, run_id, str(tmp_path), str(out))), out)
+    shared = mp if ctx is None else ctx
+    inside, most = shared.Value("i", 0), shared.Value("i", 0)
+    make_barrier = threading.Barrier if ctx is None else ctx.Barrier
+    ready = make_barrier(len(names))
+    together = make_barrier(len(names)) if meet else None
+    start = threading.Thread if ctx is None else ctx.Process
+    workers = [
+        start(
+            target=hold_and_count,
+            args=(name, run_id, str(tmp_path), ready, inside, most, together),
+            kwargs={"fresh": fresh},
         )
-    for pr, _ in procs:
-        pr.start()
-    for pr, _ in procs:
-        pr.join(20)
-        assert pr.exitcode == 0
-    return sorted((json.loads(out.read_text()) for _, out in procs), key=lambda r: r["t0"])
+        for name in names
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert not w.is_alive()
+        if ctx is not None:
+            assert w.exitcode == 0
+    assert inside.value == 0
+    return most.value
 
 
-def test_same_device_name_serializes_two_processes(tmp_path):
-    a, b = _intervals(tmp_path, ["gpu", "gpu"])
-    assert b["t0"] >= a["t1"] - 1e-3  # the second waited for the first
-    assert a["t1"] - a["t0"] >= 0.4 and b["t1"] - b["t0"] >= 0.4
+@pytest.fixture(scope="module")
+def spawn():
+    return mp.get_context("spawn")
 
 
-def test_different_device_names_run_concurrently(tmp_path):
-    a, b = _intervals(tmp_path, ["gpu0", "gpu1"])
-    assert b["t0"] < a["t1"] - 0.2  # they overlapped
+def test_same_device_name_excludes_two_processes(tmp_path, spawn):
+    assert _holders(tmp_path, ["gpu", "gpu"], spawn) == 1
 
 
-def test_threads_of_one_process_share_a_device(tmp_path):
-    run_id = uuid.uuid4().hex
-    spans = []
-
-    def work():
-        with device("x", run_id, tmp_path).hold() as h:
-            h.occupy(0.15)
-            spans.append((h.t0, time.time()))
-
-    threads = [threading.Thread(target=work) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    (a0, a1), (b0, b1) = sorted(spans)
-    assert b0 >= a1 - 1e-3
+def test_different_device_names_are_held_at_once_by_two_processes(tmp_path, spawn):
+    # both must be inside their holds together to pass the second barrier
+    assert _holders(tmp_path, ["gpu0", "gpu1"], spawn, meet=True) == 2
 
 
-def test_runtime_role_hint_picks_the_device_and_is_not_saved(tmp_path):
+@pytest.mark.parametrize("fresh", [False, True], ids=["one-device-object", "two-device-objects"])
+def test_same_device_name_excludes_two_threads_of_one_process(tmp_path, fresh):
+    assert _holders(tmp_path, ["x", "x"], None, fresh=fresh) == 1
+
+
+def test_different_device_names_are_held_at_once_by_two_threads(tmp_path):
+    assert _holders(tmp_path, ["x", "y"], None, meet=True) == 2
+
+
+def test_runtime_role_hint_picks_the_device_and_is_not_saved(tmp_path, slept):
     p = _policy(tmp_path)
     p.on_placed("trainer")
     obs = {"state": np.zeros((2, 6), np.float32)}
