@@ -122,7 +122,7 @@ def train(
     probe = probe_env(cfg)
     policy = build_policy(cfg, probe)
     if cfg.runtime.auto_tune:
-        from asyncvla.bench.tune import auto_tune
+        from asyncvla.runtime.autotune import auto_tune
 
         cfg, _ = auto_tune(cfg, policy)
         console.print(

@@ -9,8 +9,9 @@ from typer.testing import CliRunner
 from asyncvla.bench.planner import plan, scaled_spec
 from asyncvla.bench.profiles import load_profile, mode_config, nominal_costs
 from asyncvla.bench.simulate import _Model, simulate, spec_from_config
-from asyncvla.bench.tune import choose, predict, tune_profile
+from asyncvla.bench.tune import tune_profile
 from asyncvla.cli import app
+from asyncvla.runtime.autotune import choose, predict
 
 ROOT = Path(__file__).resolve().parents[2]
 BALANCED = load_profile(ROOT / "configs" / "bench" / "balanced.yaml")
