@@ -143,21 +143,36 @@ def bench(
     ),
 ) -> None:
     """Throughput benchmark: one emulated workload under the RL-VLA^3 ablation modes."""
-    from asyncvla.bench.__main__ import main as bench_main
+    import time
 
-    argv = ["--workload", workload, "--repeats", str(repeats), *(["--tune"] if tune else [])]
-    for flag, value in (
-        ("--modes", modes),
-        ("--out", out),
-        ("--env-steps", env_steps),
-        ("--time-scale", time_scale),
-        ("--address", address),
-    ):
-        if value is not None:
-            argv += [flag, str(value)]
-    code = bench_main(argv)
-    if code:
-        raise typer.Exit(code=code)
+    from asyncvla.runtime.rayenv import prepare_ray_env
+
+    prepare_ray_env(address)  # before anything imports ray
+    from asyncvla.bench.bench import run_bench
+    from asyncvla.bench.profiles import resolve_profile
+    from asyncvla.runtime.launcher import WorkerError
+
+    out_console = console if sys.stdout.isatty() else Console(width=170)
+    try:
+        path = resolve_profile(workload)
+        dest = out or Path("runs") / f"bench-{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_bench(
+            path,
+            modes=[m.strip() for m in modes.split(",") if m.strip()] if modes else None,
+            out_dir=dest,
+            repeats=repeats,
+            env_steps_per_mode=env_steps,
+            time_scale=time_scale,
+            address=address,
+            console=out_console,
+            tune=tune,
+        )
+    except (ConfigError, FileExistsError) as e:
+        _fail(e)
+    except WorkerError as e:
+        print(f"error: a worker failed: {e}", file=sys.stderr)
+        raise typer.Exit(code=1) from None
+    out_console.print(f"written: {dest}/bench.json, bench.csv, throughput.png, timeline.png")
 
 
 @app.command()
