@@ -42,7 +42,8 @@ class PolicyConfig(_Strict):
 
 
 class AlgoConfig(_Strict):
-    name: Literal["ppo", "grpo"] = "ppo"
+    name: str = "ppo"
+    """Registered algorithm (``asyncvla.algos.ALGOS``: ppo, grpo) or a plug-in ``package.module:Class``."""
     gamma: float = Field(0.99, ge=0.0, le=1.0)
     """Discount per decision (one action chunk)."""
     gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
@@ -202,11 +203,13 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        if self.algo.name == "grpo" and self.env.num_envs % self.algo.group_size:
-            raise ValueError(
-                f"algo.group_size: must divide env.num_envs={self.env.num_envs} for grpo "
-                f"(got {self.algo.group_size})"
-            )
+        from asyncvla.algos import ALGOS
+
+        try:
+            algo = ALGOS.get(self.algo.name)
+        except KeyError as e:
+            raise ValueError(f"algo.name: {e.args[0]}") from None
+        algo.check(self)
         if self.algo.clip_low >= 1.0:
             raise ValueError("algo.clip_low: must be < 1")
         rt = self.runtime

@@ -1,13 +1,49 @@
-"""The run directory: resolved config, metrics.jsonl, TensorBoard events, summary, curves."""
+"""The run directory: resolved config, metrics.jsonl, TensorBoard events, summary, curves.
+
+Every file a resume reads is written atomically (``atomic_write_text``, ``atomic_dir``): a crash
+leaves the old version or the new one, never half of one.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from asyncvla.config import Config, dump_config
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Fill a temporary directory next to ``path``; on success it replaces ``path`` as a whole."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -23,7 +59,7 @@ class RunDir:
             )
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "checkpoints").mkdir(exist_ok=True)
-        (self.path / "config.yaml").write_text(dump_config(cfg))
+        atomic_write_text(self.path / "config.yaml", dump_config(cfg))
         self._metrics = (self.path / "metrics.jsonl").open("a")
         from torch.utils.tensorboard import SummaryWriter
 
@@ -42,7 +78,7 @@ class RunDir:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        (self.path / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_text(self.path / "summary.json", json.dumps(summary, indent=2))
 
     def plot_curves(self) -> Path:
         import matplotlib

@@ -18,7 +18,8 @@ from asyncvla.builder import build_policy, evaluate, probe_env
 from asyncvla.config import Config, ConfigError
 from asyncvla.policies import Policy, load_policy, save_policy
 from asyncvla.rundir import RunDir
-from asyncvla.runtime.launcher import Runtime, init_ray, load_weights
+from asyncvla.runtime.driver import run_schedule
+from asyncvla.runtime.launcher import load_weights
 from asyncvla.runtime.types import concat_obs
 from asyncvla.sft import behaviour_clone, collect_demos, pretrain_grounding
 
@@ -159,51 +160,24 @@ def train(
         state.update(json.loads((ckpt / "state.json").read_text()))
         console.print(f"resuming from {ckpt} (update {state['update']}, env steps {state['env_steps']})")
 
-    runtime = None
-    started = init_ray(cfg.runtime.address)
-    try:
-        with _progress(console) as prog:
-            task = prog.add_task(
-                f"RL ({cfg.mode})", total=cfg.train.updates, completed=state["update"], info=""
+    with _progress(console) as prog:
+        task = prog.add_task(f"RL ({cfg.mode})", total=cfg.train.updates, completed=state["update"], info="")
+        eval_policy = copy.deepcopy(policy)
+
+        def on_row(row: dict[str, Any]) -> None:
+            ref = row.get("_weights")
+            if ref is not None:
+                load_weights(eval_policy, {"weights": ray.get(ref[0]), "version": row["policy_version"]})
+                row["eval_success_rate"] = evaluate(cfg, eval_policy, cfg.eval.quick_episodes)["success_rate"]
+            prog.update(
+                task,
+                completed=row["update"],
+                info=f"success {row['success_rate']:.2f} | {row['env_steps_per_s']:.0f} env steps/s"
+                f" | staleness {row['staleness_mean']:.2f}",
             )
-            eval_policy = copy.deepcopy(policy)
 
-            def on_rows(rows: list[dict[str, Any]]) -> None:
-                for row in rows:
-                    ref = row.pop("_weights", None)
-                    if ref is not None:
-                        load_weights(
-                            eval_policy, {"weights": ray.get(ref[0]), "version": row["policy_version"]}
-                        )
-                        row["eval_success_rate"] = evaluate(cfg, eval_policy, cfg.eval.quick_episodes)[
-                            "success_rate"
-                        ]
-                    row["env_steps_per_s"] = row["env_steps"] / max(row["wall_s"], 1e-9)
-                    row["decisions_per_s"] = row["decisions"] / max(row["wall_s"], 1e-9)
-                    run.log(row)
-                    prog.update(
-                        task,
-                        completed=row["update"],
-                        info=f"success {row['success_rate']:.2f} | {row['env_steps_per_s']:.0f} env steps/s"
-                        f" | staleness {row['staleness_mean']:.2f}",
-                    )
-                    state.update(update=row["update"], env_steps=row["env_steps"], wall_s=row["wall_s"])
-
-            ray_info = {
-                "address": ray.get_runtime_context().gcs_address,
-                "joined": cfg.runtime.address is not None,
-            }
-            runtime = Runtime(cfg, policy, cfg.policy.name, run.path, state, ckpt)
-            result = runtime.run(cfg.train.updates - state["update"], on_rows)
-        load_weights(policy, result)
-        acc = runtime.accounting()
-        env_stats = runtime.env_stats
-        rollout_stats = runtime.rollout_stats()
-    finally:
-        if runtime is not None:
-            runtime.shutdown()
-        if started:
-            ray.shutdown()
+        res = run_schedule(cfg, policy, run, state, ckpt, on_row)
+    acc = res.accounting
 
     final = evaluate(cfg, policy, cfg.eval.episodes)
     summary = {
@@ -212,12 +186,12 @@ def train(
         "updates": state["update"],
         "policy_version": policy.version,
         "env_steps": state["env_steps"],
-        "env_steps_collected": sum(e["env_steps"] for e in env_stats),
+        "env_steps_collected": sum(e["env_steps"] for e in res.env_stats),
         "samples_trained": acc["trained_samples"],
         "samples_rejected": acc["rejected_samples"],
         "samples_collected_untrained": acc["leftover_samples"],
-        "rollout_batches": sum(r["batches"] for r in rollout_stats),
-        "ray": ray_info,
+        "rollout_batches": sum(r["batches"] for r in res.rollout_stats),
+        "ray": res.ray,
         "wall_s": state["wall_s"],
         "env_steps_per_s": state["env_steps"] / max(state["wall_s"], 1e-9),
         "decisions_per_s": acc["state"].get("decisions", 0) / max(state["wall_s"], 1e-9),

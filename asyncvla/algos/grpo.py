@@ -8,12 +8,18 @@ which :func:`grpo_loss` spells out. Pass ``weights=keep.float()`` to drop the si
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from asyncvla.algos.base import ALGOS, Algorithm
 from asyncvla.algos.ppo import ppo_loss
+
+if TYPE_CHECKING:
+    from asyncvla.config import Config
+    from asyncvla.runtime.types import Segment
 
 CONSTANT_GROUP_STD = 1e-8
 
@@ -72,3 +78,50 @@ def grpo_loss(
         vf_coef=0.0,
         **kwargs,
     )
+
+
+@ALGOS.register("grpo")
+class GRPO(Algorithm):
+    """Critic-free: env managers run groups of ``group_size`` episodes from one init state; every
+    decision of an episode gets its group-normalized return (NaN for signal-free groups, which
+    the trainer drops); :func:`grpo_loss` (advantages used as they are, no value terms)."""
+
+    needs_critic = False
+    episode_mode = True
+
+    @classmethod
+    def check(cls, config: Config) -> None:
+        if config.env.num_envs % config.algo.group_size:
+            raise ValueError(
+                f"algo.group_size: must divide env.num_envs={config.env.num_envs} for grpo "
+                f"(got {config.algo.group_size})"
+            )
+
+    def advantages(self, seg: Segment, bootstrap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ep_return = (seg.rewards * seg.valid).sum(axis=0)
+        adv, keep = grpo_advantages(torch.from_numpy(ep_return), torch.from_numpy(seg.group_ids))
+        adv_tn = np.broadcast_to(adv.numpy()[None, :], seg.rewards.shape).copy()
+        adv_tn[:, ~keep.numpy()] = np.nan
+        return adv_tn, np.zeros_like(adv_tn)
+
+    def loss(
+        self,
+        log_probs: Tensor,
+        old_log_probs: Tensor,
+        entropy: Tensor,
+        values: Tensor,
+        batch: dict[str, Tensor],
+        is_weights: Tensor | None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        c = self.cfg
+        return grpo_loss(
+            log_probs,
+            old_log_probs,
+            batch["adv"].float(),
+            entropy,
+            level=c.logprob_level,
+            clip_low=c.clip_low,
+            clip_high=c.clip_high,
+            ent_coef=c.ent_coef,
+            is_weights=is_weights,
+        )

@@ -6,8 +6,17 @@ picks the unit the importance ratio is taken over: one token, one action, or the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
 import torch
 from torch import Tensor
+
+from asyncvla.algos.base import ALGOS, Algorithm
+from asyncvla.algos.gae import compute_gae
+
+if TYPE_CHECKING:
+    from asyncvla.runtime.types import Segment
 
 LEVELS = ("token", "action", "chunk")
 
@@ -138,3 +147,50 @@ def ppo_loss(
             "ratio_mean": _weighted_mean(ratio, weights).item(),
         }
     return loss, metrics
+
+
+@ALGOS.register("ppo")
+class PPO(Algorithm):
+    """PPO with a critic: GAE advantages over each segment, bootstrapped with V(obs after it);
+    advantages normalized per minibatch (``algo.normalize_advantages``); :func:`ppo_loss`."""
+
+    def advantages(self, seg: Segment, bootstrap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        adv, ret = compute_gae(
+            torch.from_numpy(seg.rewards),
+            torch.from_numpy(seg.values),
+            torch.from_numpy(seg.dones),
+            torch.from_numpy(np.asarray(bootstrap, dtype=np.float32)),
+            gamma=self.cfg.gamma,
+            lam=self.cfg.gae_lambda,
+        )
+        return adv.numpy(), ret.numpy()
+
+    def loss(
+        self,
+        log_probs: Tensor,
+        old_log_probs: Tensor,
+        entropy: Tensor,
+        values: Tensor,
+        batch: dict[str, Tensor],
+        is_weights: Tensor | None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        c = self.cfg
+        adv = batch["adv"].float()
+        if c.normalize_advantages and adv.numel() > 1:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        return ppo_loss(
+            log_probs,
+            old_log_probs,
+            adv,
+            values,
+            batch["values"],
+            batch["ret"].float(),
+            entropy,
+            level=c.logprob_level,
+            clip_low=c.clip_low,
+            clip_high=c.clip_high,
+            value_clip=c.value_clip,
+            vf_coef=c.vf_coef,
+            ent_coef=c.ent_coef,
+            is_weights=is_weights,
+        )

@@ -54,7 +54,8 @@ class DynamicBatcher:
 
     def take(self, admissible: list[Waiting]) -> list[Waiting]:
         """Remove and return the batch: admissible requests in arrival order, up to ``max_samples``
-        (at least one request, even if it alone is larger)."""
+        (at least one request, even if it alone is larger). A static batch is ordered by shard,
+        so its samples line up the same way whatever order the requests arrived in."""
         batch: list[Waiting] = []
         total = 0
         for w in admissible:
@@ -62,6 +63,8 @@ class DynamicBatcher:
                 break
             batch.append(w)
             total += w.samples
+        if self.static_shards is not None:
+            batch.sort(key=lambda w: w.shard)
         ids = {id(w) for w in batch}
         self.waiting = [w for w in self.waiting if id(w) not in ids]
         self.opened = None

@@ -1,4 +1,4 @@
-"""EnvManager: one vectorized env that steps on its own (an ``EnvWorkerActor`` holds M of them).
+"""EnvWorker: M env managers that step independently; EnvManager: one vectorized env.
 
 A manager is a small state machine, the same in every schedule:
 ``request()`` -> one ``ObsRequest`` per shard (a manager's envs may be split across rollout
@@ -12,17 +12,29 @@ manager start together, in groups that share an init state; a group's members th
 are masked until the last one ends, and the segment closes when every group is complete.
 
 Each segment holds a staleness ticket (``gate.Ticket``) taken before its first decision.
+
+An ``EnvWorker`` runs its managers' loop: take tickets, send each manager's requests to the rollout
+workers its routes name, step a manager as soon as *its* replies are in (or, ``async.env: false``,
+all managers together once every reply is in), ship closed segments to the trainer with at most
+``runtime.queue_segments`` outstanding. Everything it sends or waits for goes through an
+``EnvTransport`` (Ray in ``actors.py``; direct calls in the one-process tests).
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
+from asyncvla.algos import ALGOS
+from asyncvla.config import Config
 from asyncvla.envs import ENVS, make_env
 from asyncvla.envs.base import ObsBatch
+from asyncvla.runtime.events import EventBuffer
 from asyncvla.runtime.gate import Ticket
 from asyncvla.runtime.types import ActionReply, ObsRequest, Segment, take_obs
 
@@ -278,3 +290,137 @@ class EnvManager:
 
     def shutdown(self) -> None:
         self.env.close()
+
+
+@dataclass
+class EnvWorkerSpec:
+    worker_id: int
+    manager_ids: list[int]
+    routes: dict[tuple[int, int], int]
+    """(manager, shard) -> rollout worker; a manager has as many shards as its routes name."""
+    start_update: int = 0
+
+
+class EnvTransport(Protocol):
+    """What an env worker needs from the rest of the run; handles are opaque to it."""
+
+    def acquire(self, samples: list[int]) -> list[Ticket]:
+        """One staleness ticket per entry (samples reserved), in order."""
+
+    def infer(self, rollout: int, request: ObsRequest) -> Any:
+        """Send a request to rollout worker ``rollout``; a handle to its reply."""
+
+    def wait(self, handles: list[Any], num_returns: int, timeout: float) -> list[Any]:
+        """Up to ``timeout`` seconds for ``num_returns`` of ``handles``; the ready ones, in order."""
+
+    def get(self, handles: list[Any]) -> list[ActionReply]:
+        """The replies of ready handles."""
+
+    def ship(self, seg: Segment) -> Any:
+        """Send a segment to the trainer; a handle that is ready once the trainer took it."""
+
+    def settle(self, handles: list[Any], keep: int) -> list[Any]:
+        """Wait until at most ``keep`` of the shipped ``handles`` are outstanding; those remain."""
+
+
+class EnvWorker:
+    def __init__(
+        self, cfg: Config, spec: EnvWorkerSpec, transport: EnvTransport, events: EventBuffer | None = None
+    ) -> None:
+        switches, _ = cfg.schedule()
+        algo = ALGOS.get(cfg.algo.name)
+        self.name = f"env{spec.worker_id}"
+        self.transport = transport
+        self.routes = dict(spec.routes)
+        self.lockstep = not switches.env
+        self.max_inflight = cfg.runtime.queue_segments
+        self.events = events or EventBuffer(self.name, lambda evs: None)
+        self.managers = {
+            m: EnvManager(
+                manager_id=m,
+                env_name=cfg.env.name,
+                num_envs=cfg.env.num_envs,
+                env_kwargs=cfg.env.kwargs,
+                rollout_steps=cfg.train.rollout_steps,
+                seed=cfg.seed * 1000 + spec.start_update,
+                episode_mode=algo.episode_mode,
+                group_size=cfg.algo.group_size,
+                num_shards=sum(1 for mm, _ in self.routes if mm == m),
+            )
+            for m in spec.manager_ids
+        }
+        self.shipped: list[tuple[int, int, int]] = []
+        """(manager, segment id, samples) of every segment sent to the trainer."""
+
+    def _tickets(self, ms: list[EnvManager]) -> None:
+        need = [m for m in ms if m.needs_ticket]
+        if need:
+            tickets = self.transport.acquire([m.ticket_samples() for m in need])
+            for m, t in zip(need, tickets, strict=True):
+                m.set_ticket(t)
+
+    def _issue(self, m: EnvManager, pending: dict[Any, int]) -> None:
+        for req in m.request():
+            pending[self.transport.infer(self.routes[(m.manager_id, req.shard)], req)] = m.manager_id
+
+    def _step(self, m: EnvManager, puts: list[Any]) -> None:
+        t0 = time.time()
+        segs = m.apply([])
+        self.events.emit("env_step", t0=t0, t1=time.time(), manager=m.manager_id, n=m.n)
+        for seg in segs:
+            puts.append(self.transport.ship(seg))
+            self.shipped.append((seg.manager_id, seg.segment_id, seg.num_samples))
+            self.events.emit(
+                "segment_shipped",
+                manager=seg.manager_id,
+                segment=seg.segment_id,
+                ticket=seg.ticket_id,
+                target_version=seg.target_version,
+                samples=seg.num_samples,
+                versions=sorted({int(v) for v in np.unique(seg.versions)}),
+            )
+        if len(puts) > self.max_inflight:
+            # Bounded queue: wait until the trainer has taken enough segments.
+            puts[:] = self.transport.settle(puts, self.max_inflight)
+
+    def run(self, stop: threading.Event) -> dict[str, Any]:
+        """Step until ``stop`` is set; every shipped segment has reached the trainer on return."""
+        pending: dict[Any, int] = {}
+        puts: list[Any] = []
+        ms = list(self.managers.values())
+        self._tickets(ms)
+        for m in ms:
+            self._issue(m, pending)
+        while not stop.is_set():
+            need = len(pending) if self.lockstep else 1
+            ready = self.transport.wait(list(pending), need, 0.2)
+            if len(ready) < need:
+                self.events.tick()
+                continue
+            complete = []
+            for ref, reply in zip(ready, self.transport.get(ready), strict=True):
+                m = self.managers[pending.pop(ref)]
+                if m.add_reply(reply):
+                    complete.append(m)
+            complete.sort(key=lambda m: m.manager_id)  # replies that land together step in one order
+            for m in complete:
+                self._step(m, puts)
+            self._tickets(complete)
+            for m in complete:
+                self._issue(m, pending)
+        self.transport.settle(puts, 0)
+        self.events.flush()
+        return self.stats()
+
+    def stats(self) -> dict[str, Any]:
+        ms = self.managers.values()
+        return {
+            "worker": self.name,
+            "env_steps": sum(m.env_steps_total for m in ms),
+            "samples": sum(m.samples_total for m in ms),
+            "shipped": list(self.shipped),
+        }
+
+    def close(self) -> None:
+        for m in self.managers.values():
+            m.shutdown()

@@ -1,4 +1,4 @@
-"""Start the workers on Ray, drive a run to its last update, and stop everything cleanly.
+"""Start the workers on Ray, run them to the last update, and stop everything cleanly.
 
 A local Ray instance starts by itself (on loopback) unless ``runtime.address`` names a cluster.
 Sync and async are the same actors with different settings (``Config.schedule``): ``mode: sync``
@@ -18,9 +18,10 @@ import ray
 from asyncvla.config import Config
 from asyncvla.policies import Policy
 from asyncvla.runtime import actors
-from asyncvla.runtime.placement import plan, shard_plan
+from asyncvla.runtime.placement import plan, worker_specs
 from asyncvla.runtime.rayenv import prepare_ray_env
-from asyncvla.runtime.weights import pack, unpack
+from asyncvla.runtime.trainer import TrainerSpec
+from asyncvla.runtime.weights import PolicySpec, unpack
 
 
 class WorkerError(RuntimeError):
@@ -52,113 +53,54 @@ def _error(e: BaseException) -> WorkerError:
 
 
 class Runtime:
-    """The actors of one run."""
+    """The actors of one run, built from the config: a coordinator, the rollout workers, the
+    trainer and the env workers (``placement.worker_specs`` says who holds what)."""
 
     def __init__(
         self,
         cfg: Config,
         policy: Policy,
-        policy_name: str,
         run_path: Path | None,
         state: dict[str, Any],
         optimizer_dir: Path | None,
     ) -> None:
         self.cfg = cfg
-        switches, eta = cfg.schedule()
-        self.switches, self.eta = switches, eta
+        self.switches, self.eta = cfg.schedule()
         rt = cfg.runtime
         places = plan(cfg)
-        weights = pack(policy.state_dict())
-        kwargs = policy.init_kwargs()
+        pspec = PolicySpec.of(policy, cfg.policy.name)
+        env_specs, rollout_specs = worker_specs(cfg, state["update"])
         self.coordinator = (
             ray.remote(actors.Coordinator)
             .options(num_cpus=0)
             .remote(cfg.global_batch(), policy.version, str(run_path / "events.jsonl") if run_path else None)
         )
-        shards = shard_plan(cfg)
-        routes: dict[tuple[int, int], int] = {}
-        for m, workers in shards.items():
-            for j, w in enumerate(workers):
-                routes[(m, j)] = w
-        static = [[k for k, w in routes.items() if w == r] for r in range(rt.num_rollout_workers)]
         self.rollouts = [
-            ray.remote(actors.RolloutServer)
+            ray.remote(actors.RolloutWorkerActor)
             .options(**places["rollout"].ray_options(), max_concurrency=1000)
-            .remote(
-                r,
-                policy_name,
-                kwargs,
-                weights,
-                policy.version,
-                rt.max_batch_samples,
-                rt.batch_timeout_ms,
-                None if switches.rollout else static[r],
-                eta,
-                self.coordinator,
-                places["rollout"].torch_threads,
-                (cfg.seed * 1000 + state["update"]) * 100 + r,
-            )
-            for r in range(rt.num_rollout_workers)
+            .remote(cfg=cfg, spec=spec, policy=pspec, coordinator=self.coordinator)
+            for spec in rollout_specs
         ]
-        inflight = rt.queue_segments
+        tspec = TrainerSpec(
+            run_path=str(run_path) if run_path else None,
+            start_state=dict(state),
+            optimizer_dir=str(optimizer_dir) if optimizer_dir else None,
+        )
         self.trainer = (
             ray.remote(actors.TrainerActor)
             .options(
-                **places["trainer"].ray_options(), max_concurrency=4 + rt.num_env_workers * (inflight + 2)
+                **places["trainer"].ray_options(),
+                max_concurrency=4 + rt.num_env_workers * (rt.queue_segments + 2),
             )
-            .remote(
-                policy_name,
-                kwargs,
-                weights,
-                policy.version,
-                cfg.algo,
-                cfg.seed + state["update"],
-                eta,
-                switches.streamer,
-                cfg.algo.minibatch_size,
-                rt.queue_segments,
-                self.rollouts,
-                self.coordinator,
-                str(run_path) if run_path else None,
-                cfg.train.checkpoint_every,
-                {**state, "wall_s_start": state.get("wall_s", 0.0)},
-                str(optimizer_dir) if optimizer_dir else None,
-                cfg.train.eval_every,
-                places["trainer"].torch_threads,
-                cfg.train.updates,
-            )
+            .remote(cfg=cfg, spec=tspec, policy=pspec, rollouts=self.rollouts, coordinator=self.coordinator)
         )
-        episode_mode = cfg.algo.name == "grpo"
-        per_worker: list[list[dict[str, Any]]] = [[] for _ in range(rt.num_env_workers)]
-        for m in range(cfg.env.num_managers):
-            per_worker[m % rt.num_env_workers].append(
-                dict(
-                    manager_id=m,
-                    env_name=cfg.env.name,
-                    num_envs=cfg.env.num_envs,
-                    env_kwargs=cfg.env.kwargs,
-                    rollout_steps=cfg.train.rollout_steps,
-                    seed=cfg.seed * 1000 + state["update"],
-                    episode_mode=episode_mode,
-                    group_size=cfg.algo.group_size,
-                    num_shards=len(shards[m]),
-                )
-            )
         self.env_workers = [
             ray.remote(actors.EnvWorkerActor)
             .options(**places["env"].ray_options(), max_concurrency=2)
             .remote(
-                i,
-                specs,
-                routes,
-                self.rollouts,
-                self.trainer,
-                self.coordinator,
-                not switches.env,
-                inflight,
-                places["env"].torch_threads,
+                cfg=cfg, spec=spec, rollouts=self.rollouts, trainer=self.trainer, coordinator=self.coordinator
             )
-            for i, specs in enumerate(per_worker)
+            for spec in env_specs
         ]
         self.env_stats: list[dict[str, Any]] = []
         self._env_refs: list[Any] = []
@@ -218,6 +160,9 @@ class Runtime:
                 else:
                     raise WorkerError(f"{names[ref]} stopped before the trainer finished")
         on_rows(ray.get(self.trainer.pop_rows.remote()))
+        self.coordinator.log.remote(
+            [{"worker": "driver", "wseq": 1, "kind": "run_end", "t": time.time(), "updates": result["updates"]}]
+        )
         self.stop_envs()
         return result
 

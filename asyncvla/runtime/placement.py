@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from asyncvla.config import Config, Resources
+from asyncvla.runtime.env_worker import EnvWorkerSpec
+from asyncvla.runtime.rollout_worker import RolloutSpec
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,30 @@ def shard_plan(cfg: Config) -> dict[int, list[int]]:
             m: list(rt.sharding.get(m, [m % rt.num_rollout_workers])) for m in range(cfg.env.num_managers)
         }
     return {m: [m % rt.num_rollout_workers] for m in range(cfg.env.num_managers)}
+
+
+def worker_specs(cfg: Config, start_update: int = 0) -> tuple[list[EnvWorkerSpec], list[RolloutSpec]]:
+    """Who steps which managers and who serves which shard: manager m lives on env worker
+    m mod W; its shards go to the rollout workers ``shard_plan`` names. With static batching
+    (``async.rollout`` off) a rollout worker's batch waits for exactly the shards routed to it."""
+    switches, _ = cfg.schedule()
+    rt = cfg.runtime
+    routes = {(m, j): w for m, workers in shard_plan(cfg).items() for j, w in enumerate(workers)}
+    env_specs = [
+        EnvWorkerSpec(
+            worker_id=i,
+            manager_ids=[m for m in range(cfg.env.num_managers) if m % rt.num_env_workers == i],
+            routes={k: w for k, w in routes.items() if k[0] % rt.num_env_workers == i},
+            start_update=start_update,
+        )
+        for i in range(rt.num_env_workers)
+    ]
+    rollout_specs = [
+        RolloutSpec(
+            worker_id=r,
+            static_shards=None if switches.rollout else [k for k, w in routes.items() if w == r],
+            start_update=start_update,
+        )
+        for r in range(rt.num_rollout_workers)
+    ]
+    return env_specs, rollout_specs

@@ -1,27 +1,149 @@
-"""RolloutWorker: serves batched inference for env managers and adopts published weights."""
+"""RolloutWorker: batched inference for env managers, under the staleness bound.
+
+Requests wait in a ``DynamicBatcher``. ``next_batch`` admits only requests whose ticket may be
+served at the worker's version (``gate.admissible``: target u <= v + eta; the others are held and
+a ``throttle_on`` / ``throttle_off`` event marks the change), closes a batch when the batcher says
+so (``max_batch_samples`` samples or ``batch_timeout_ms``; static batching when ``async.rollout``
+is off) and ``run_batch`` answers each request with its own slice of one ``policy.act``.
+Published weights are offered at any time (only the newest offer is kept) and adopted between
+batches, never during one. A Ray actor (``actors.RolloutWorkerActor``) only moves requests,
+replies and weight payloads.
+"""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
-from asyncvla.policies import Policy
+from asyncvla.config import Config
+from asyncvla.runtime.batching import DynamicBatcher, Waiting
+from asyncvla.runtime.events import EventBuffer
+from asyncvla.runtime.gate import admissible
 from asyncvla.runtime.types import ActionReply, ObsRequest, concat_obs
+from asyncvla.runtime.weights import PolicySpec
+
+
+@dataclass
+class RolloutSpec:
+    worker_id: int
+    static_shards: list[tuple[int, int]] | None = None
+    """Static batching over exactly these (manager, shard) pairs; None: dynamic batching."""
+    start_update: int = 0
+
+
+@dataclass
+class Offer:
+    version: int
+    handle: Any
+    """The weights, or a handle the caller resolves to them (an object-store reference)."""
+    published_t: float
 
 
 class RolloutWorker:
-    def __init__(self, policy: Policy, worker_id: int = 0) -> None:
-        self.policy = policy
-        self.worker_id = worker_id
+    def __init__(
+        self, cfg: Config, spec: RolloutSpec, policy: PolicySpec, events: EventBuffer | None = None
+    ) -> None:
+        _, eta = cfg.schedule()
+        rt = cfg.runtime
+        self.worker_id = spec.worker_id
+        # Action sampling is reproducible wherever the batches are (sync): seeded per worker and
+        # start update, before the policy is built.
+        torch.manual_seed((cfg.seed * 1000 + spec.start_update) * 100 + spec.worker_id)
+        self.policy = policy.build("rollout")
         self.policy.eval()
+        self.batcher = DynamicBatcher(
+            rt.max_batch_samples,
+            rt.batch_timeout_ms / 1000.0,
+            None if spec.static_shards is None else {tuple(s) for s in spec.static_shards},
+        )
+        self.max_staleness = eta
+        self.events = events or EventBuffer(f"rollout{spec.worker_id}", lambda evs: None)
+        self.offer_pending: Offer | None = None
+        self._throttled = False
+        self.served = 0
+        self.batches = 0
+        self.adopted: list[int] = []
 
     @property
     def version(self) -> int:
         return self.policy.version
 
-    def set_weights(self, version: int, state_dict: dict[str, torch.Tensor]) -> None:
+    # -- weights -------------------------------------------------------------------------------
+    def offer(self, version: int, handle: Any, published_t: float) -> bool:
+        """Keep only the newest offer; True if this one is kept (adopt it before the next batch)."""
+        if version > self.version and (self.offer_pending is None or version > self.offer_pending.version):
+            self.offer_pending = Offer(version, handle, published_t)
+            return True
+        return False
+
+    def take_offer(self) -> Offer | None:
+        offer, self.offer_pending = self.offer_pending, None
+        return offer
+
+    def set_weights(self, version: int, state_dict: dict[str, torch.Tensor], published_t: float | None = None) -> None:
         """Adopt published weights; called between batches only, never during one."""
         self.policy.load_sync_state_dict(state_dict)
         self.policy.version = version
+        self.adopted.append(version)
+        if published_t is not None:
+            self.events.emit("weights_adopted", version=version, latency_s=time.time() - published_t)
+
+    # -- requests and batches ------------------------------------------------------------------
+    def submit(self, req: ObsRequest, token: Any = None, now: float | None = None) -> None:
+        """Queue a request; ``token`` is whatever answers it (e.g. a future)."""
+        now = time.monotonic() if now is None else now
+        self.batcher.add(Waiting(req, req.num_samples, (req.manager_id, req.shard), now, token))
+
+    def next_batch(self, now: float | None = None) -> list[Waiting] | None:
+        """The batch to run now (admitted requests only), or None: wait until ``deadline()``,
+        a new request or new weights."""
+        now = time.monotonic() if now is None else now
+        v = self.version
+        waiting = self.batcher.waiting
+        adm = [
+            w
+            for w in waiting
+            if w.request.target_version is None
+            or admissible(w.request.target_version, v, self.max_staleness)
+        ]
+        held = len(waiting) - len(adm)
+        if held and not self._throttled:
+            self._throttled = True
+            self.events.emit("throttle_on", version=v, held=held)
+        elif not held and self._throttled:
+            self._throttled = False
+            self.events.emit("throttle_off", version=v)
+        ready, reason = self.batcher.ready(now, adm)
+        if not ready:
+            return None
+        batch = self.batcher.take(adm)
+        self.events.emit(
+            "batch_formed",
+            samples=sum(w.samples for w in batch),
+            requests=len(batch),
+            reason=reason,
+            version=v,
+            managers=[w.request.manager_id for w in batch],
+            wait_ms=1000 * (now - min(w.arrived for w in batch)),
+        )
+        return batch
+
+    def deadline(self) -> float | None:
+        """When an open dynamic batch times out (``time.monotonic`` seconds), if one is open."""
+        return self.batcher.deadline()
+
+    def run_batch(self, batch: list[Waiting]) -> list[ActionReply]:
+        """One forward over the batch; the replies in the batch's order."""
+        n = sum(w.samples for w in batch)
+        t0 = time.time()
+        replies = self.infer([w.request for w in batch])
+        self.events.emit("batch_inferred", t0=t0, t1=time.time(), samples=n, version=self.version)
+        self.served += n
+        self.batches += 1
+        return replies
 
     def infer(self, requests: list[ObsRequest], deterministic: bool = False) -> list[ActionReply]:
         """One forward over all requests' samples; each reply goes back to its own envs."""
@@ -29,8 +151,7 @@ class RolloutWorker:
         out = self.policy.act(obs, deterministic=deterministic)
         replies, start = [], 0
         for r in requests:
-            n = len(r.env_ids)
-            sl = slice(start, start + n)
+            sl = slice(start, start + len(r.env_ids))
             replies.append(
                 ActionReply(
                     manager_id=r.manager_id,
@@ -43,5 +164,14 @@ class RolloutWorker:
                     shard=r.shard,
                 )
             )
-            start += n
+            start += len(r.env_ids)
         return replies
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "worker": f"rollout{self.worker_id}",
+            "version": self.version,
+            "served": self.served,
+            "batches": self.batches,
+            "adopted": list(self.adopted),
+        }

@@ -1,354 +1,231 @@
-"""Trainer: segments -> advantages -> PPO/GRPO updates (with off-policy correction) -> a new version.
+"""Trainer: the worker that turns arriving segments into published policy versions.
 
-Two ways through a global batch, same math:
-
-* ``train(segments)``: the batch is complete; E epochs of minibatch updates.
-* streaming (``stream_add`` per arriving segment, ``stream_finish`` at the end of the batch): the
-  first epoch runs forward/backward per micro-batch as soon as one is full and accumulates
-  gradients (each micro-batch's loss is weighted by its sample count; one optimizer step when the
-  batch is complete, partial last micro-batch included); epochs 2..E then run as above.
-
-Every sample carries its behaviour version v; the trainer at version u refuses (and counts) any
-with u - v > max_staleness. Stale samples are corrected as ``algo.off_policy`` says
-(``algos/offpolicy.py``); the proximal policy is the one the batch starts from (version u).
+Segments arrive in any order, each naming its global batch (``target_version``, from its staleness
+ticket). The trainer buffers them by target version and trains batch u once it holds every one of
+its tickets, in ticket order (the same inputs give the same update whatever the arrival order);
+with the streamer, the segments of the current batch are trained as they come. Each update
+publishes version u + 1 (``publish`` hook), appends a metric row, steps the learning-rate schedule
+and, every ``train.checkpoint_every`` updates and at the end, writes a checkpoint. The math is in
+``learner.Learner``; a Ray actor only feeds ``add`` from its bounded queue (``actors.TrainerActor``).
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from asyncvla.algos import compute_gae, correction, grpo_advantages, interpolated_proximal, ppo_loss
-from asyncvla.config import AlgoConfig
-from asyncvla.envs.base import ObsBatch
-from asyncvla.policies import Policy
-from asyncvla.runtime.types import Segment, concat_obs, take_obs
-
-
-def segment_advantages(
-    seg: Segment, algo: AlgoConfig, bootstrap: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-decision advantages and value targets [T, n] for one segment.
-
-    PPO: GAE over the segment, bootstrapped with ``bootstrap`` = V(obs after the last decision).
-    GRPO: every decision of an episode gets the group-normalized episode return; decisions of
-    groups with identical outcomes are NaN (dropped when flattened).
-    """
-    if algo.name == "ppo":
-        adv, ret = compute_gae(
-            torch.from_numpy(seg.rewards),
-            torch.from_numpy(seg.values),
-            torch.from_numpy(seg.dones),
-            torch.from_numpy(np.asarray(bootstrap, dtype=np.float32)),
-            gamma=algo.gamma,
-            lam=algo.gae_lambda,
-        )
-        return adv.numpy(), ret.numpy()
-    ep_return = (seg.rewards * seg.valid).sum(axis=0)
-    adv, keep = grpo_advantages(torch.from_numpy(ep_return), torch.from_numpy(seg.group_ids))
-    adv_tn = np.broadcast_to(adv.numpy()[None, :], seg.rewards.shape).copy()
-    adv_tn[:, ~keep.numpy()] = np.nan
-    return adv_tn, np.zeros_like(adv_tn)
+from asyncvla.config import Config
+from asyncvla.rundir import atomic_dir, atomic_write_text
+from asyncvla.runtime.events import EventBuffer
+from asyncvla.runtime.learner import Learner
+from asyncvla.runtime.types import Segment
+from asyncvla.runtime.weights import PolicySpec
 
 
-COLUMNS = ("actions", "log_probs", "values", "adv", "ret", "versions")
+@dataclass
+class TrainerSpec:
+    """What a trainer needs besides the config: where to write, and where the run stands."""
+
+    run_path: str | None = None
+    """Run directory for checkpoints (None: no checkpoints)."""
+    start_state: dict[str, Any] = field(default_factory=lambda: {"update": 0, "env_steps": 0, "wall_s": 0.0})
+    """Counters at the start (``update``, ``env_steps``, ``wall_s``, ...; a resumed run's state)."""
+    optimizer_dir: str | None = None
+    """Checkpoint directory whose optimizer and schedule state to load (resume)."""
 
 
-class Samples:
-    """Flat training samples: obs [N, ...] and columns actions [N, K, A], behaviour log-probs,
-    values, advantages, returns, versions (and, once computed, proximal log-probs ``prox``)."""
-
-    def __init__(self, obs: ObsBatch | None, data: dict[str, np.ndarray]) -> None:
-        self.obs = obs
-        self.data = data
-        self.size = len(data["adv"]) if data else 0
-
-    @classmethod
-    def empty(cls) -> Samples:
-        return cls(None, {})
-
-    @classmethod
-    def from_segment(
-        cls, seg: Segment, algo: AlgoConfig, bootstrap: np.ndarray, keep_mask: np.ndarray
-    ) -> Samples:
-        adv, ret = segment_advantages(seg, algo, bootstrap)
-        keep = seg.valid.reshape(-1) & ~np.isnan(adv.reshape(-1)) & keep_mask.reshape(-1)
-        idx = np.flatnonzero(keep)
-        data = {
-            "actions": seg.actions.reshape(-1, *seg.actions.shape[2:])[idx],
-            "log_probs": seg.log_probs.reshape(-1, *seg.log_probs.shape[2:])[idx],
-            "values": seg.values.reshape(-1)[idx],
-            "adv": adv.reshape(-1)[idx].astype(np.float32),
-            "ret": ret.reshape(-1)[idx].astype(np.float32),
-            "versions": seg.versions.reshape(-1)[idx],
-        }
-        return cls(take_obs(seg.flat_obs(), idx), data)
-
-    @staticmethod
-    def concat(parts: list[Samples]) -> Samples:
-        parts = [p for p in parts if p.size]
-        if not parts:
-            return Samples.empty()
-        if len(parts) == 1:
-            return parts[0]
-        keys = set.intersection(*(set(p.data) for p in parts))
-        return Samples(
-            concat_obs([p.obs for p in parts]), {k: np.concatenate([p.data[k] for p in parts]) for k in keys}
-        )
-
-    def take(self, idx: np.ndarray) -> Samples:
-        return Samples(take_obs(self.obs, idx), {k: v[idx] for k, v in self.data.items()})
-
-    def split(self, n: int) -> tuple[Samples, Samples]:
-        head, tail = np.arange(min(n, self.size)), np.arange(min(n, self.size), self.size)
-        return self.take(head), self.take(tail)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.data.items()}
+Publish = Callable[[int, dict[str, torch.Tensor]], Any]
+"""(version, weights to sync) -> a handle the metric row keeps for evaluation (or None)."""
 
 
 class Trainer:
     def __init__(
         self,
-        policy: Policy,
-        algo: AlgoConfig,
-        seed: int = 0,
-        max_staleness: int | None = None,
-        micro_batch: int | None = None,
+        cfg: Config,
+        spec: TrainerSpec,
+        policy: PolicySpec,
+        publish: Publish | None = None,
+        events: EventBuffer | None = None,
     ) -> None:
-        self.policy = policy
-        self.algo = algo
-        self.max_staleness = max_staleness
-        self.micro_batch = micro_batch or algo.minibatch_size
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=algo.lr, eps=1e-5)
-        self.rng = np.random.default_rng(seed)
-        self._stream: dict[str, Any] | None = None
+        switches, eta = cfg.schedule()
+        start = dict(spec.start_state)
+        # Seeded before the policy is built: a run's random streams depend only on its config.
+        torch.manual_seed(cfg.seed + start["update"])
+        self.policy_name = policy.name
+        self.learner = Learner(
+            policy.build("trainer"),
+            cfg.algo,
+            total_updates=cfg.train.updates,
+            seed=cfg.seed + start["update"],
+            max_staleness=eta,
+            micro_batch=cfg.algo.minibatch_size,
+        )
+        if spec.optimizer_dir:
+            self.learner.load_optimizer(Path(spec.optimizer_dir))
+        self.streamer = switches.streamer
+        self.publish = publish or (lambda version, weights: None)
+        self.events = events or EventBuffer("trainer", lambda evs: None)
+        self.run_path = Path(spec.run_path) if spec.run_path else None
+        self.checkpoint_every = cfg.train.checkpoint_every
+        self.eval_every = cfg.train.eval_every
+        self.state = start
+        self.wall_s_start = float(start.get("wall_s", 0.0))
+        self.updates_done = 0
+        self._buffered: dict[int, list[Segment]] = {}
+        self._batch: list[Segment] = []
+        self._expected: int | None = None
+        self._rows: list[dict[str, Any]] = []
+        self._last_handle: Any = None
+        self._lock = threading.Lock()
+        self.received: list[tuple[int, int, int]] = []
+        """(manager, segment id, samples) of every segment that reached the trainer."""
+        self.leftover: list[Segment] = []
+        self.trained_samples = 0
+        self.rejected_samples = 0
+        self.recent_success: deque[float] = deque(maxlen=100)
+        self.recent_return: deque[float] = deque(maxlen=100)
+        self.start()
 
     @property
     def version(self) -> int:
-        return self.policy.version
+        return self.learner.version
 
-    def set_lr_fraction(self, frac: float) -> None:
-        """Learning rate = ``algo.lr * frac`` (linear annealing: frac = 1 - done / total)."""
-        for g in self.optimizer.param_groups:
-            g["lr"] = self.algo.lr * frac
+    @property
+    def policy(self):
+        return self.learner.policy
 
-    # -- samples -----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def bootstrap_values(self, seg: Segment) -> np.ndarray:
-        if seg.bootstrap_value is not None:
-            return seg.bootstrap_value
-        was = self.policy.training
-        self.policy.eval()
-        v = self.policy.act(seg.bootstrap_obs, deterministic=True).values
-        self.policy.train(was)
-        return np.where(seg.dones[-1], 0.0, v).astype(np.float32)
+    def start(self) -> None:
+        """Start the clocks of the first update (call when segments begin to flow)."""
+        self._t_start = self._t_batch = time.perf_counter()
+        self._t_busy = 0.0
 
-    def samples(self, seg: Segment, stats: dict[str, Any]) -> Samples:
-        """Flatten a segment; refuse decisions beyond the staleness bound (counted, never trained)."""
-        gap = self.version - seg.versions
-        ok = np.ones_like(seg.valid)
-        if self.max_staleness is not None:
-            ok = gap <= self.max_staleness
-            bad = int((~ok & seg.valid).sum())
-            stats["rejected"] = stats.get("rejected", 0) + bad
-        hist = stats.setdefault("gaps", {})
-        for g, c in zip(*np.unique(gap[seg.valid & ok], return_counts=True), strict=True):
-            hist[int(g)] = hist.get(int(g), 0) + int(c)
-        stats["env_steps"] = stats.get("env_steps", 0) + seg.env_steps
-        for k in ("success", "return", "length"):
-            stats.setdefault("episodes_" + k, []).extend(seg.episodes[k])
-        return Samples.from_segment(seg, self.algo, self.bootstrap_values(seg), ok)
+    # -- segments in ---------------------------------------------------------------------------
+    def add(self, seg: Segment) -> int:
+        """Take one segment; train every batch it completes. Returns the number of updates made."""
+        with self._lock:
+            self.received.append((seg.manager_id, seg.segment_id, seg.num_samples))
+        self._buffered.setdefault(seg.target_version, []).append(seg)
+        made = 0
+        u = self.version
+        while self._buffered.get(u):
+            seg = self._buffered[u].pop(0)
+            if seg.closes_batch:
+                self._expected = seg.batch_tickets
+            self._batch.append(seg)
+            if self.streamer:
+                t0 = time.time()
+                ran = self.learner.stream_add(seg)
+                if ran:
+                    self.events.emit("micro_batch", t0=t0, t1=time.time(), count=ran, version=u)
+                self._t_busy += time.time() - t0
+            if self._expected is not None and len(self._batch) == self._expected:
+                self._train_batch(u)
+                made += 1
+                u = self.version
+        return made
 
-    @torch.no_grad()
-    def _recompute_proximal(self, s: Samples) -> None:
-        """``prox`` = log-probs under the weights the batch starts from (behaviour if on-policy)."""
-        prox = s.data["log_probs"].copy()
-        stale = np.flatnonzero(s.data["versions"] != self.version)
-        if self.algo.off_policy != "none" and self.algo.proximal == "recompute":
-            was = self.policy.training
-            self.policy.eval()
-            for i in range(0, len(stale), self.micro_batch):
-                idx = stale[i : i + self.micro_batch]
-                sub = s.take(idx)
-                prox[idx] = self.policy.evaluate(
-                    sub.obs, torch.from_numpy(sub.data["actions"])
-                ).log_probs.numpy()
-            self.policy.train(was)
-        s.data["prox"] = prox
+    def keep_leftover(self, seg: Segment) -> None:
+        """A segment that arrived after the last update: accounted for, never trained."""
+        with self._lock:
+            self.received.append((seg.manager_id, seg.segment_id, seg.num_samples))
+            self.leftover.append(seg)
 
-    # -- the loss ----------------------------------------------------------------------------------
-    def _loss(self, mb: Samples, first_pass: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss of a minibatch. ``first_pass``: no optimizer step has happened in this batch yet,
-        so the current weights *are* the proximal policy and their detached log-probs are stored
-        as ``mb.data["prox"]`` (the streamer's free recomputation)."""
-        algo = self.algo
-        t = mb.tensors()
-        out = self.policy.evaluate(mb.obs, t["actions"])
-        adv = t["adv"].float()
-        if algo.normalize_advantages and algo.name == "ppo" and mb.size > 1:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        behaviour = t["log_probs"]
-        gap = (self.version - t["versions"]).clamp_min(0)
-        if algo.proximal == "interpolate":
-            prox = interpolated_proximal(behaviour, out.log_probs, gap)
-        elif first_pass:
-            stale = (gap > 0).reshape(-1, 1, 1)
-            prox = torch.where(stale, out.log_probs.detach(), behaviour)
-            mb.data["prox"] = prox.numpy().copy()
-        else:
-            prox = t["prox"]
-        old, is_w = correction(algo.off_policy, behaviour, prox, algo.is_cap)
-        loss, m = ppo_loss(
-            out.log_probs,
-            old,
-            adv,
-            out.values,
-            t["values"],
-            t["ret"].float(),
-            out.entropy,
-            level=algo.logprob_level,
-            clip_low=algo.clip_low,
-            clip_high=algo.clip_high,
-            value_clip=algo.value_clip,
-            vf_coef=algo.vf_coef if algo.name == "ppo" else 0.0,
-            ent_coef=algo.ent_coef,
-            is_weights=is_w,
-        )
-        if is_w is not None:
-            m["is_weight_mean"] = float(is_w.mean())
-        return loss, m
+    def _train_batch(self, u: int) -> None:
+        segments = sorted(self._batch, key=lambda s: s.ticket_id)
+        t0 = time.time()
+        metrics = self.learner.stream_finish() if self.streamer else self.learner.train(segments)
+        t1 = time.time()
+        self._t_busy += t1 - t0
+        self.events.emit("train", t0=t0, t1=t1, version=u, samples=metrics["train_samples"])
+        self.events.emit("optimizer_step", version=self.version)
+        if metrics["rejected_samples"]:
+            self.events.emit("rejected", version=u, samples=metrics["rejected_samples"])
+        t = time.time()
+        self._last_handle = self.publish(self.version, self.policy.sync_state_dict())
+        self.events.emit("weights_published", version=self.version, t0=t, t1=time.time())
+        self.trained_samples += int(metrics["train_samples"])
+        self.rejected_samples += int(metrics["rejected_samples"])
+        self.updates_done += 1
+        now = time.perf_counter()
+        self._record(metrics, now - self._t_batch, self._t_busy, now - self._t_start)
+        self._t_batch = time.perf_counter()
+        self._t_busy = 0.0
+        self._batch, self._expected = [], None
 
-    def _step(self) -> float:
-        norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.algo.max_grad_norm))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return norm
-
-    def _epochs(self, s: Samples, epochs: int, sums: dict[str, float], counts: dict[str, int]) -> None:
-        for _ in range(epochs):
-            perm = self.rng.permutation(s.size)
-            for start in range(0, s.size, self.algo.minibatch_size):
-                loss, m = self._loss(s.take(perm[start : start + self.algo.minibatch_size]))
-                loss.backward()
-                m["grad_norm"] = self._step()
-                _accumulate(sums, counts, m)
-
-    def _finish(
-        self, stats: dict[str, Any], size: int, sums: dict[str, float], counts: dict[str, int]
-    ) -> dict[str, Any]:
-        self.policy.eval()
-        self.policy.version += 1
-        metrics: dict[str, Any] = {k: sums[k] / counts[k] for k in sums}
-        gaps = stats.get("gaps", {})
-        total = sum(gaps.values())
-        metrics.update(
-            train_samples=float(size),
-            rejected_samples=float(stats.get("rejected", 0)),
-            staleness_mean=sum(g * c for g, c in gaps.items()) / total if total else 0.0,
-            staleness_max=float(max(gaps, default=0)),
-            staleness_hist={str(g): c for g, c in sorted(gaps.items())},
-            batch_env_steps=int(stats.get("env_steps", 0)),
-            episodes_success=stats.get("episodes_success", []),
-            episodes_return=stats.get("episodes_return", []),
-        )
-        return metrics
-
-    # -- whole batch -------------------------------------------------------------------------------
-    def train(self, segments: list[Segment]) -> dict[str, Any]:
-        """E epochs of minibatch updates over the segments; publishes one new version."""
-        stats: dict[str, Any] = {}
-        s = Samples.concat([self.samples(seg, stats) for seg in segments])
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        if s.size:
-            self._recompute_proximal(s)
-            self.policy.train()
-            self.optimizer.zero_grad(set_to_none=True)
-            self._epochs(s, self.algo.epochs, sums, counts)
-        return self._finish(stats, s.size, sums, counts)
-
-    # -- streaming ---------------------------------------------------------------------------------
-    def _stream_state(self) -> dict[str, Any]:
-        """The global batch being streamed (opened, with zeroed gradients, on first use)."""
-        if self._stream is None:
-            self._stream = {
-                "stats": {},
-                "pending": Samples.empty(),
-                "done": [],
-                "sums": {},
-                "counts": {},
-                "n": 0,
-            }
-            self.optimizer.zero_grad(set_to_none=True)
-        return self._stream
-
-    def stream_add(self, seg: Segment) -> int:
-        """Add an arriving segment; run forward/backward on every full micro-batch. Returns the
-        number of micro-batches run."""
-        st = self._stream_state()
-        st["pending"] = Samples.concat([st["pending"], self.samples(seg, st["stats"])])
-        ran = 0
-        while st["pending"].size >= self.micro_batch:
-            mb, st["pending"] = st["pending"].split(self.micro_batch)
-            self._stream_micro(mb)
-            ran += 1
-        return ran
-
-    def _stream_micro(self, mb: Samples) -> None:
-        st = self._stream
-        self.policy.train()
-        loss, m = self._loss(mb, first_pass=True)
-        (loss * mb.size).backward()  # summed over samples; divided by the batch size at the step
-        st["done"].append(mb)
-        st["n"] += mb.size
-        _accumulate(st["sums"], st["counts"], m)
-
-    def stream_finish(self) -> dict[str, Any]:
-        """The batch is complete: last (partial) micro-batch, the optimizer step, remaining epochs."""
-        st = self._stream_state()
-        if st["pending"].size:
-            self._stream_micro(st["pending"])
-        self._stream = None
-        if st["n"]:
-            for p in self.policy.parameters():
-                if p.grad is not None:
-                    p.grad /= st["n"]
-            st["sums"]["grad_norm"] = st["sums"].get("grad_norm", 0.0) + self._step()
-            st["counts"]["grad_norm"] = st["counts"].get("grad_norm", 0) + 1
-            if self.algo.epochs > 1:
-                s = Samples.concat(st["done"])
-                self._epochs(s, self.algo.epochs - 1, st["sums"], st["counts"])
-        return self._finish(st["stats"], st["n"], st["sums"], st["counts"])
-
-    # -- checkpoints ------------------------------------------------------------------------------
-    def save_optimizer(self, directory: Path) -> None:
-        sd = self.optimizer.state_dict()
-        tensors = {
-            f"{pid}.{name}": t.contiguous()
-            for pid, st in sd["state"].items()
-            for name, t in st.items()
-            if isinstance(t, torch.Tensor)
+    # -- metric rows and checkpoints -----------------------------------------------------------
+    def _record(self, metrics: dict[str, Any], dt: float, busy: float, elapsed: float) -> None:
+        st = self.state
+        st["update"] += 1
+        st["env_steps"] += metrics.pop("batch_env_steps")
+        st["decisions"] = st.get("decisions", 0) + int(metrics["train_samples"])
+        st["wall_s"] = self.wall_s_start + elapsed
+        self.recent_success.extend(metrics.pop("episodes_success"))
+        self.recent_return.extend(metrics.pop("episodes_return"))
+        row = {
+            "update": st["update"],
+            "policy_version": self.version,
+            "env_steps": st["env_steps"],
+            "decisions": st["decisions"],
+            "wall_s": st["wall_s"],
+            "success_rate": float(np.mean(self.recent_success)) if self.recent_success else 0.0,
+            "episode_return": float(np.mean(self.recent_return)) if self.recent_return else 0.0,
+            "episodes": len(self.recent_success),
+            "time_update_s": dt,
+            "time_train_s": busy,
+            "trainer_busy_frac": busy / dt if dt > 0 else 0.0,
+            "lr": metrics.pop("lr"),
+            **metrics,
         }
-        save_file(tensors, str(directory / "optimizer.safetensors"))
-        (directory / "optimizer.json").write_text(json.dumps({"param_groups": sd["param_groups"]}))
+        if self.eval_every and st["update"] % self.eval_every == 0:
+            row["_weights"] = [self._last_handle]
+        if self.run_path is not None and st["update"] % self.checkpoint_every == 0:
+            self.save_checkpoint()
+        with self._lock:
+            self._rows.append(row)
 
-    def load_optimizer(self, directory: Path) -> None:
-        tensors = load_file(str(directory / "optimizer.safetensors"))
-        state: dict[int, dict[str, Any]] = {}
-        for key, t in tensors.items():
-            pid, name = key.split(".", 1)
-            state.setdefault(int(pid), {})[name] = t
-        groups = json.loads((directory / "optimizer.json").read_text())["param_groups"]
-        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+    def pop_rows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows, self._rows = self._rows, []
+        return rows
 
+    def save_checkpoint(self) -> Path:
+        """``checkpoints/update_NNNNN/`` (policy, optimizer + schedule, state.json), then
+        ``checkpoints/latest.json`` pointing at it; both written atomically."""
+        from asyncvla.policies import save_policy
 
-def _accumulate(sums: dict[str, float], counts: dict[str, int], m: dict[str, float]) -> None:
-    for k, v in m.items():
-        sums[k] = sums.get(k, 0.0) + v
-        counts[k] = counts.get(k, 0) + 1
+        assert self.run_path is not None
+        final = self.run_path / "checkpoints" / f"update_{self.state['update']:05d}"
+        with atomic_dir(final) as d:
+            save_policy(self.policy, d, self.policy_name)
+            self.learner.save_optimizer(d)
+            atomic_write_text(d / "state.json", json.dumps(self.state, indent=2))
+        atomic_write_text(self.run_path / "checkpoints" / "latest.json", json.dumps({"path": final.name}))
+        return final
+
+    def finish(self) -> None:
+        """End of the run: the last update always has a checkpoint; whatever arrived but was not
+        trained (the run stopped first) becomes leftover, accounted for, not lost."""
+        if self.run_path is not None and self.updates_done and self.state["update"] % self.checkpoint_every:
+            self.save_checkpoint()
+        with self._lock:
+            self.leftover.extend([s for v in self._buffered.values() for s in v] + self._batch)
+        self._buffered, self._batch = {}, []
+
+    def accounting(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "received": list(self.received),
+                "trained_samples": self.trained_samples,
+                "rejected_samples": self.rejected_samples,
+                "leftover_samples": sum(s.num_samples for s in self.leftover),
+                "state": dict(self.state),
+            }
