@@ -1,11 +1,21 @@
 """Measure one run from its rows (``metrics``), event log and device holds.
 
-Window: from the end of the last warm-up update's training to the end of the last update.
-Throughput comes from the trainer's rows (env steps and wall time of trained batches); busy
-fractions from the event intervals of each worker (``env_step``, ``batch_inferred``, ``train`` /
-``micro_batch``, ``weights_published``) and, for emulated devices, from the device holds (which
-exclude time spent waiting for a shared device). Per-sample stage costs for the pipeline bound are
-the busy seconds of each stage in the window divided by the decisions stepped in it.
+Window: from the end of the last warm-up update's training to the end of the last update (the
+trainer's ``train`` events). Everything is measured over that one window:
+
+* throughput: the env steps and decisions of the batches trained in the window (the trainer's
+  rows of those updates) per second of the window;
+* busy fractions: the event intervals of each worker (``env_step``, ``batch_inferred``,
+  ``train`` / ``micro_batch``, ``weights_published``) and, for emulated devices, the device holds
+  (which exclude time spent waiting for a shared device);
+* per-sample stage costs: the busy seconds of each stage in the window divided by the decisions
+  the throughput counts (trained in the window); a resource's load is the seconds it was busy
+  (its intervals' union: overlaps counted once), per decision, so no resource is busier than the
+  window.
+
+Hence ``achieved_over_bound`` (env_steps_per_s / bound_env_steps_per_s, both over the same window
+and the same decisions) is the bottleneck resource's busy fraction of the window: at most 1 by
+definition, 1 when the bottleneck never idled.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from asyncvla.bench.profiles import pipeline_bound, place_stages
+from asyncvla.bench.profiles import bound_from_loads
 from asyncvla.config import Config
 
 STAGE_KINDS = {
@@ -29,6 +39,17 @@ HOLD_STAGE = {"act": "infer", "evaluate": "train", "evaluate_nograd": "train", "
 
 def _clip(t0: float, t1: float, w0: float, w1: float) -> float:
     return max(0.0, min(t1, w1) - max(t0, w0))
+
+
+def busy_union(intervals: list[tuple[float, float]], w0: float, w1: float) -> float:
+    """Seconds of ``[w0, w1]`` inside at least one of the intervals (overlaps counted once), so
+    never more than ``w1 - w0``."""
+    total, end = 0.0, w0
+    for t0, t1 in sorted((max(a, w0), min(b, w1)) for a, b in intervals):
+        if t1 > end:
+            total += t1 - max(t0, end)
+            end = t1
+    return min(total, max(w1 - w0, 0.0))
 
 
 def window(events: list[dict[str, Any]], warmup: int) -> tuple[float, float]:
@@ -62,6 +83,7 @@ def throughput(rows: list[dict[str, Any]], warmup: int) -> dict[str, float]:
     )
     return {
         "env_steps": int(steps),
+        "decisions": int(dec),
         "wall_s": float(dt),
         "env_steps_per_s": steps / dt if dt > 0 else 0.0,
         "decisions_per_s": dec / dt if dt > 0 and dec else 0.0,
@@ -83,11 +105,17 @@ def analyze_run(
     w0, w1 = window(events, warmup)
     span = max(w1 - w0, 1e-9)
     tp = throughput(rows, warmup)
-    # decisions stepped in the window, and the env steps they made
-    steps = [e for e in events if e["kind"] == "env_step" and w0 <= e["t1"] <= w1]
-    samples = sum(int(e.get("n", 0)) for e in steps)
+    # the rows count the trained batches; their rates are taken over the event window
+    tp.update(
+        wall_s=span,
+        env_steps_per_s=tp["env_steps"] / span,
+        decisions_per_s=tp["decisions"] / span,
+    )
+    # decisions stepped in the window (reported; the costs are per decision trained)
+    stepped = sum(int(e.get("n", 0)) for e in events if e["kind"] == "env_step" and w0 <= e["t1"] <= w1)
     # busy per worker and per stage from the event intervals
     busy_worker: dict[str, dict[str, float]] = {}
+    spans: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for e in events:
         stage = STAGE_KINDS.get(e["kind"])
         if stage is None or "t0" not in e:
@@ -95,13 +123,15 @@ def analyze_run(
         d = _clip(e["t0"], e["t1"], w0, w1)
         busy_worker.setdefault(e["worker"], {}).setdefault(stage, 0.0)
         busy_worker[e["worker"]][stage] += d
+        spans.setdefault(e["worker"], {}).setdefault(stage, []).append((e["t0"], e["t1"]))
     env_workers = sorted(w for w in busy_worker if w.startswith("env"))
+    rollout_workers = sorted(w for w in busy_worker if w.startswith("rollout"))
     worker_frac = {w: sum(v.values()) / span for w, v in busy_worker.items()}
     stage_busy = {
         "env": float(np.mean([busy_worker[w].get("env", 0.0) for w in env_workers])) / span
         if env_workers
         else 0.0,
-        "rollout": sum(v.get("infer", 0.0) for w, v in busy_worker.items() if w.startswith("rollout")) / span,
+        "rollout": sum(busy_worker[w].get("infer", 0.0) for w in rollout_workers) / span,
         "train": busy_worker.get("trainer", {}).get("train", 0.0) / span,
         "sync": busy_worker.get("trainer", {}).get("sync", 0.0) / span,
     }
@@ -117,42 +147,57 @@ def analyze_run(
         hold_stage[stage] = hold_stage.get(stage, 0.0) + d
     if holds:
         stage_busy["sync"] += hold_stage.get("sync", 0.0) / span
-    # measured per-sample stage costs (seconds per decision)
-    n = max(samples, 1)
-    worker_loads = [busy_worker[w].get("env", 0.0) / n for w in env_workers] or [0.0]
-    if holds:
-        dev_costs = {k: hold_stage.get(k, 0.0) / n for k in ("infer", "train", "sync")}
-    else:
-        dev_costs = {
-            "infer": sum(v.get("infer", 0.0) for w, v in busy_worker.items() if w.startswith("rollout")) / n,
-            "train": busy_worker.get("trainer", {}).get("train", 0.0) / n,
-            "sync": busy_worker.get("trainer", {}).get("sync", 0.0) / n,
-        }
-    costs = {"env": float(np.mean(worker_loads)), **dev_costs}
+    # the resources and the intervals each was busy: env workers, then the devices
     pol = cfg.policy.kwargs
     if "devices" in pol:
         rdev, tdev = pol["devices"]["rollout"], pol["devices"]["trainer"]
     else:  # a real workload: the placement says whether rollout and trainer share a device
         rdev, tdev = ("shared", "shared") if cfg.runtime.placement == "colocated" else ("rollout", "trainer")
-    bound = pipeline_bound(costs, place_stages(costs, rdev, tdev, env_worker_loads=worker_loads))
+    busy_at: dict[str, list[tuple[float, float]]] = {
+        **{w: spans[w].get("env", []) for w in env_workers},
+        f"device:{rdev}": [],
+        f"device:{tdev}": [],
+    }
+    trainer = spans.get("trainer", {})
+    if holds:
+        for h in holds:
+            busy_at.setdefault(f"device:{h['device']}", []).append((h["t0"], h["t1"]))
+        dev_busy = {k: hold_stage.get(k, 0.0) for k in ("infer", "train", "sync")}
+    else:  # inference and weight sync on the rollout side, training on the trainer's
+        busy_at[f"device:{rdev}"] += [iv for w in rollout_workers for iv in spans[w].get("infer", [])]
+        busy_at[f"device:{rdev}"] += trainer.get("sync", [])
+        busy_at[f"device:{tdev}"] += trainer.get("train", [])
+        dev_busy = {
+            "infer": stage_busy["rollout"] * span,
+            "train": stage_busy["train"] * span,
+            "sync": stage_busy["sync"] * span,
+        }
+    busy_s = {r: busy_union(iv, w0, w1) for r, iv in busy_at.items()}
+    # measured per-sample stage costs (seconds per decision trained in the window)
+    n = max(tp["decisions"] or stepped, 1)
+    env_cost = (
+        float(np.mean([busy_worker[w].get("env", 0.0) for w in env_workers])) / n if env_workers else 0.0
+    )
+    costs = {"env": env_cost, **{k: v / n for k, v in dev_busy.items()}}
+    bound = bound_from_loads(costs, {r: b / n for r, b in busy_s.items()})
     steps_per_sample = (
-        tp["env_steps_per_s"] / tp["decisions_per_s"]
-        if tp["decisions_per_s"] > 0
-        else float(cfg.policy.chunk_size)
+        tp["env_steps"] / tp["decisions"] if tp["decisions"] > 0 else float(cfg.policy.chunk_size)
     )
     bound_steps = bound["bound_samples_per_s"] * steps_per_sample
     return {
         **tp,
         "window_s": span,
-        "samples_in_window": samples,
+        "samples_in_window": stepped,
         "busy": stage_busy,
         "worker_busy": worker_frac,
         "device_busy": device_busy,
+        "resource_busy": {r: b / span for r, b in busy_s.items()},
         "stage_cost_s": costs,
         "resource_load_s": bound["resource_load_s"],
         "bottleneck": bound["bottleneck"],
         "bound": bound["bound"],
         "bound_env_steps_per_s": bound_steps,
-        "achieved_over_bound": tp["env_steps_per_s"] / bound_steps if bound_steps > 0 else 0.0,
+        # = env_steps_per_s / bound_env_steps_per_s, computed without the rounding of that quotient
+        "achieved_over_bound": busy_s[bound["bottleneck"]] / span if tp["env_steps"] > 0 else 0.0,
         "env_steps_per_sample": steps_per_sample,
     }

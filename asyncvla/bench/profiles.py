@@ -308,7 +308,12 @@ def pipeline_bound(costs: dict[str, float], resources: dict[str, dict[str, float
     Stages sharing a resource add up; the throughput limit is 1 / the largest per-resource load
     and the speedup bound over the sequential loop is sum(costs) / that load.
     """
-    loads = {r: sum(v.values()) for r, v in resources.items()}
+    return bound_from_loads(costs, {r: sum(v.values()) for r, v in resources.items()})
+
+
+def bound_from_loads(costs: dict[str, float], loads: dict[str, float]) -> dict[str, Any]:
+    """``pipeline_bound`` given each resource's per-sample load directly (a measured run: the
+    seconds the resource was busy, overlaps counted once, per sample)."""
     if not loads:
         raise ValueError("no resources")
     bottleneck = max(loads, key=lambda r: loads[r])

@@ -1,18 +1,22 @@
-"""One tiny benchmark on the real runtime: two modes of the balanced profile, one repeat."""
+"""One tiny benchmark on the real runtime (two modes of the balanced profile, one repeat), and the
+``asyncvla bench`` command's refusals."""
 
 import csv
 import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from asyncvla.bench.bench import run_bench
-
-pytestmark = pytest.mark.usefixtures("ray_local")
+from asyncvla.cli import app
 
 BALANCED = Path(__file__).resolve().parents[2] / "configs" / "bench" / "balanced.yaml"
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
 def test_run_bench_balanced_writes_a_valid_bench_json(tmp_path):
     out = tmp_path / "bench"
     res = run_bench(
@@ -34,7 +38,13 @@ def test_run_bench_balanced_writes_a_valid_bench_json(tmp_path):
         assert 0 < tp["min"] <= tp["median"] <= tp["max"]
         for key in ("speedup_vs_sync", "bound", "achieved_over_bound", "staleness_max"):
             assert key in m
-        assert 0 < m["achieved_over_bound"] <= 1.15
+        # the bottleneck's busy fraction of the measured window: <= 1 by definition (analysis)
+        assert 0 < m["achieved_over_bound"] <= 1.0
+        for r in m["runs"]:
+            assert 0 < r["achieved_over_bound"] <= 1.0
+            assert r["achieved_over_bound"] == pytest.approx(
+                r["env_steps_per_s"] / r["bound_env_steps_per_s"]
+            )
         assert set(m["busy"]) == {"env", "rollout", "train", "sync"}
         assert m["runs"][0]["updates_measured"] == 2
         assert m["peak_total_mb"] >= m["peak_process_mb"] > 50  # driver + Ray workers, sampled
@@ -51,3 +61,15 @@ def test_run_bench_balanced_writes_a_valid_bench_json(tmp_path):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     run = Path(stream["runs"][0]["run_dir"])
     assert (run / "events.jsonl").stat().st_size > 0 and (run / "holds.jsonl").stat().st_size > 0
+
+
+def test_bench_command_refuses_bad_input_in_one_line(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["bench", "--workload", "no-such-profile"])
+    assert res.exit_code == 2 and res.output.startswith("error: workload 'no-such-profile': no such profile")
+    res = runner.invoke(app, ["bench", "--workload", "balanced", "--modes", "warp-speed"])
+    assert res.exit_code == 2 and res.output.startswith("error: mode 'warp-speed': unknown")
+    (tmp_path / "bench.json").write_text("{}")
+    res = runner.invoke(app, ["bench", "--workload", str(BALANCED), "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "already holds a benchmark" in res.output
+    assert len(res.output.strip().splitlines()) == 1

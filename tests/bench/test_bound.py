@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncvla.bench.analysis import analyze_run
+from asyncvla.bench.analysis import analyze_run, busy_union
 from asyncvla.bench.profiles import (
     MODES,
     POLICY_NAME,
@@ -172,18 +172,60 @@ def test_analysis_of_a_hand_made_run():
     ]
     r = analyze_run(cfg, rows, ev, holds, warmup=1)
     assert r["window_s"] == pytest.approx(4.0) and r["samples_in_window"] == 100
+    # updates 2 and 3 trained 200 decisions (400 env steps) in the 4 s window
+    assert r["decisions"] == 200 and r["env_steps"] == 400
     assert r["env_steps_per_s"] == pytest.approx(100.0) and r["decisions_per_s"] == pytest.approx(50.0)
     assert r["staleness_mean"] == pytest.approx(0.75) and r["staleness_max"] == 1
     assert r["busy"]["env"] == pytest.approx((2.0 / 4 + 1.0 / 4) / 2)
     assert r["busy"]["rollout"] == pytest.approx(1.0 / 4)
     assert r["busy"]["train"] == pytest.approx(2.0 / 4)
     assert r["device_busy"] == {"dev0": pytest.approx(1.0 / 4), "dev1": pytest.approx(1.5 / 4)}
-    # per decision: env workers 0.02 and 0.01 s; infer 0.008, sync 0.002 (dev0); train 0.015 (dev1)
-    assert r["stage_cost_s"] == pytest.approx({"env": 0.015, "infer": 0.008, "train": 0.015, "sync": 0.002})
-    assert r["bottleneck"] == "env0" and r["resource_load_s"]["env0"] == pytest.approx(0.02)
-    assert r["bound"] == pytest.approx(0.040 / 0.02)
-    assert r["bound_env_steps_per_s"] == pytest.approx(2 * 50.0)  # 2 env steps per decision
-    assert r["achieved_over_bound"] == pytest.approx(1.0)
+    # per decision trained: env workers 2 s and 1 s / 200; infer 0.8 s and sync 0.2 s (dev0);
+    # train 1.0 s + the 0.5 s bootstrap (dev1)
+    assert r["stage_cost_s"] == pytest.approx({"env": 0.0075, "infer": 0.004, "train": 0.0075, "sync": 0.001})
+    assert r["resource_load_s"] == pytest.approx(
+        {"env0": 0.01, "env1": 0.005, "device:dev0": 0.005, "device:dev1": 0.0075}
+    )
+    assert r["bottleneck"] == "env0"
+    assert r["bound"] == pytest.approx(0.020 / 0.01)
+    assert r["bound_env_steps_per_s"] == pytest.approx(2 * 100.0)  # 2 env steps per decision
+    # env0, the bottleneck, was busy half of the window
+    assert r["achieved_over_bound"] == pytest.approx(r["env_steps_per_s"] / r["bound_env_steps_per_s"])
+    assert r["achieved_over_bound"] == pytest.approx(0.5) == r["resource_busy"]["env0"]
+
+
+def test_busy_union_counts_overlaps_once_and_stays_in_the_window():
+    assert busy_union([], 0.0, 4.0) == 0.0
+    assert busy_union([(1.0, 2.0), (3.0, 3.5)], 0.0, 4.0) == pytest.approx(1.5)
+    assert busy_union([(1.0, 3.0), (2.0, 4.0), (2.5, 2.6)], 0.0, 4.0) == pytest.approx(3.0)
+    assert busy_union([(-1.0, 1.0), (3.5, 9.0), (5.0, 6.0)], 0.0, 4.0) == pytest.approx(1.5)
+    assert busy_union([(-1.0, 9.0), (0.0, 4.0)], 0.0, 4.0) == 4.0
+
+
+def test_a_shared_device_whose_stages_overlap_is_busy_at_most_the_window():
+    """A real workload colocated on CPU: inference and training overlap on the shared 'device'
+    (they do not exclude each other), so their busy seconds add up to more than the window; the
+    resource's load counts the overlap once and the ratio stays the bottleneck's busy fraction."""
+    p = load_profile(ROOT / "configs" / "bench" / "tabletop-tiny.yaml")
+    cfg = mode_config(p, "sync-colocated", updates=2)
+    ev = [
+        {"worker": "trainer", "kind": "train", "t": 1.0, "t0": 0.5, "t1": 1.0, "version": 0},
+        {"worker": "trainer", "kind": "train", "t": 5.0, "t0": 2.0, "t1": 5.0, "version": 1},
+        {"worker": "env0", "kind": "env_step", "t": 2.0, "t0": 1.0, "t1": 2.0, "n": 10},
+        {"worker": "rollout0", "kind": "batch_inferred", "t": 4.0, "t0": 1.0, "t1": 4.0, "samples": 10},
+    ]
+    rows = [
+        {"update": 1, "env_steps": 10, "decisions": 10, "wall_s": 1.0, "train_samples": 10},
+        {"update": 2, "env_steps": 50, "decisions": 20, "wall_s": 5.0, "train_samples": 10},
+    ]
+    r = analyze_run(cfg, rows, ev, None, warmup=1)
+    assert r["busy"]["rollout"] + r["busy"]["train"] == pytest.approx(1.5)  # 3 s + 3 s of 4 s
+    assert r["resource_busy"]["device:shared"] == pytest.approx(1.0)  # [1, 5]: the whole window
+    assert r["bottleneck"] == "device:shared" and r["achieved_over_bound"] == 1.0
+    assert r["stage_cost_s"]["infer"] == pytest.approx(3.0 / 10) and r["bound"] == pytest.approx(0.7 / 0.4)
+    assert r["env_steps_per_s"] == pytest.approx(40 / 4) and r["bound_env_steps_per_s"] == pytest.approx(
+        10 / 4 * 4
+    )
 
 
 def test_extra_and_unknown_modes():

@@ -13,7 +13,7 @@ from asyncvla.bench.bench import run_mode
 from asyncvla.bench.profiles import load_profile, mode_config
 from asyncvla.bench.simulate import simulate, spec_from_config
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 PROFILE = load_profile(Path(__file__).with_name("planner_check.yaml"))
 
