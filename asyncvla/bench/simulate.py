@@ -27,7 +27,10 @@ The kernel is SimPy: each role is a ``simpy`` process; the trainer's queue is a
 Events at the same instant run in scheduling order, so a run is deterministic given its draws.
 
 Not modelled: Ray messaging and Python overheads (``overhead_s`` adds a fixed delay per request
-round trip), the env's own compute, episodes ending inside a chunk (K env steps per decision).
+round trip), the env's own compute, episodes ending inside a chunk (K env steps per decision), and
+the run settings in ``NOT_MODELLED``. ``tests/bench/test_simulate_matches_runtime.py`` holds the
+model to the runtime: every schedule switch and runtime setting is read by ``spec_from_config``
+or listed there, and the structure of a run (tickets, routes, batches, passes) is the runtime's.
 """
 
 from __future__ import annotations
@@ -46,6 +49,30 @@ from asyncvla.runtime.costs import CostModel
 from asyncvla.runtime.gate import StalenessGate, admissible
 
 Proc = Generator[Event, Any, Any]
+
+NOT_MODELLED: tuple[tuple[str, str], ...] = (
+    (
+        "runtime.auto_tune",
+        "applied before the run: it sets runtime.max_batch_samples and runtime.batch_timeout_ms, "
+        "which are modelled",
+    ),
+    (
+        "runtime.placement",
+        "the emulated policy's devices and gpus kwargs name the devices each role holds; the "
+        "placement only divides the CPU cores among the workers (runtime.placement.plan)",
+    ),
+    ("runtime.env", "Ray resources and torch threads of the env workers: CPU placement, no schedule"),
+    ("runtime.rollout", "Ray resources and torch threads of the rollout workers: CPU placement"),
+    ("runtime.trainer", "Ray resources and torch threads of the trainer: CPU placement"),
+    ("runtime.passive_threads", "how idle OpenMP threads wait: CPU overhead, no schedule"),
+    ("runtime.start_timeout_s", "a start-up watchdog: no schedule"),
+    ("runtime.stall_timeout_s", "a stall watchdog: no schedule"),
+    ("runtime.address", "which Ray cluster runs the workers: no schedule"),
+)
+"""Config fields (``async.*``, ``runtime.*``) that ``spec_from_config`` does not read, each with
+the reason the schedule does not depend on it; every other field of ``AsyncSwitches`` and
+``RuntimeConfig`` changes the SimSpec (or is refused: ``runtime.sharding`` other than round
+robin)."""
 
 
 @dataclass(frozen=True)
@@ -139,10 +166,12 @@ def spec_from_config(cfg: Any, **extra: Any) -> SimSpec:
 @dataclass
 class Seg:
     manager: int
+    ticket_id: int
     target: int
     closes: bool
     batch_tickets: int
     versions: list[int]
+    """The behaviour version of each of the segment's T decisions."""
     samples: int
     env_steps: int
 
@@ -158,16 +187,22 @@ class _Model:
         self.busy_s = dict.fromkeys(names, 0.0)
         self.queue = simpy.Store(self.sim, capacity=spec.queue_segments)
         self.rollouts = [_Rollout(self, r) for r in range(spec.num_rollout_workers)]
-        self.log: list[dict[str, float]] = []
+        self.env_managers = [
+            [m for m in range(spec.num_managers) if m % spec.num_env_workers == w]
+            for w in range(spec.num_env_workers)
+        ]
+        """Env worker -> the managers it steps (``EnvWorkerActor``: manager m on worker m mod W)."""
+        self.log: list[dict[str, Any]] = []
+        self.arrivals: list[Seg] = []
+        """Every segment the trainer took from its queue, in that order."""
         self.decisions = 0
         self.replied: dict[Event, int] = {}
         """Reply event -> order in which it fired (a worker steps first the manager answered first)."""
         self._replies = 0
 
     def run(self, until: float) -> None:
-        s, sim = self.s, self.sim
-        for w in range(s.num_env_workers):
-            managers = [m for m in range(s.num_managers) if m % s.num_env_workers == w]
+        sim = self.sim
+        for managers in self.env_managers:
             sim.process(self._env_worker(managers))
         for r in self.rollouts:
             sim.process(r.loop())
@@ -192,6 +227,10 @@ class _Model:
         if len(released) > 1:
             yield self.sim.all_of(released)
 
+    def route(self, manager: int) -> int:
+        """The rollout worker serving ``manager`` (round robin, ``placement.shard_plan``)."""
+        return manager % self.s.num_rollout_workers
+
     # -- env workers ---------------------------------------------------------------------------------
     def _env_worker(self, managers: list[int]) -> Proc:
         s, sim = self.s, self.sim
@@ -205,8 +244,7 @@ class _Model:
         def issue(m: int) -> None:
             if m not in ticket:
                 ticket[m] = self.gate.acquire(s.num_envs * s.rollout_steps)
-            r = self.rollouts[m % s.num_rollout_workers]
-            pending[m] = r.request(m, s.num_envs, ticket[m].target_version)
+            pending[m] = self.rollouts[self.route(m)].request(m, s.num_envs, ticket[m].target_version)
 
         for m in managers:
             issue(m)
@@ -228,6 +266,7 @@ class _Model:
                     t = ticket.pop(m)
                     seg = Seg(
                         m,
+                        t.ticket_id,
                         t.target_version,
                         t.closes_batch,
                         t.batch_tickets,
@@ -251,10 +290,20 @@ class _Model:
         c = self.s.train(samples / self.s.trainer_gpus)
         return c if grad else c * self.s.nograd_factor
 
+    def _pass(self, samples: int, grad: bool = True) -> Proc:
+        """One forward (and backward, ``grad``) over ``samples`` on the trainer's devices."""
+        self.passes["grad" if grad else "nograd"] += 1
+        yield from self._t(self._train_cost(samples, grad))
+
     def _minibatches(self, total: int) -> Proc:
         mb = self.s.micro_batch
         for start in range(0, total, mb):
-            yield from self._t(self._train_cost(min(mb, total - start)))
+            yield from self._pass(min(mb, total - start))
+
+    def _bootstrap(self, seconds: float) -> Proc:
+        self.passes["bootstrap"] += 1
+        if seconds:
+            yield from self._t(seconds)
 
     def _trainer(self) -> Proc:
         s, sim = self.s, self.sim
@@ -266,8 +315,10 @@ class _Model:
             boot = s.bootstrap_factor * s.infer(s.num_envs) / s.trainer_gpus
         else:
             boot = s.bootstrap_factor * s.infer(s.num_envs / s.trainer_gpus)
+        self.passes = dict.fromkeys(("grad", "nograd", "bootstrap"), 0)
         while done < self.updates:
             seg = yield self.queue.get()
+            self.arrivals.append(seg)
             buffered.setdefault(seg.target, []).append(seg)
             while buffered.get(version):
                 seg = buffered[version].pop(0)
@@ -276,30 +327,32 @@ class _Model:
                     expected = seg.batch_tickets
                 segs.append(seg)
                 if s.streamer:
-                    if boot:
-                        yield from self._t(boot)
+                    yield from self._bootstrap(boot)
                     pending += seg.samples
                     while pending >= s.micro_batch:
-                        yield from self._t(self._train_cost(s.micro_batch))
+                        yield from self._pass(s.micro_batch)
                         pending -= s.micro_batch
                 if expected is None or got != expected:
                     continue
                 total = sum(x.samples for x in segs)
                 if s.streamer:
                     if pending:
-                        yield from self._t(self._train_cost(pending))
+                        yield from self._pass(pending)
                     for _ in range(s.epochs - 1):
                         yield from self._minibatches(total)
                 else:
                     for _ in segs:
-                        if boot:
-                            yield from self._t(boot)
+                        yield from self._bootstrap(boot)
                     if s.recompute_proximal:
                         stale = sum(s.num_envs for x in segs for v in x.versions if v != version)
                         for start in range(0, stale, s.micro_batch):
-                            yield from self._t(self._train_cost(min(s.micro_batch, stale - start), False))
+                            yield from self._pass(min(s.micro_batch, stale - start), grad=False)
                     for _ in range(s.epochs):
                         yield from self._minibatches(total)
+                gaps: dict[int, int] = {}
+                for x in segs:
+                    for v in x.versions:
+                        gaps[version - v] = gaps.get(version - v, 0) + s.num_envs
                 version += 1
                 done += 1
                 self.log.append(
@@ -308,10 +361,13 @@ class _Model:
                         "version": version,
                         "samples": total,
                         "env_steps": sum(x.env_steps for x in segs),
-                        "staleness": sum(s.num_envs * (version - 1 - v) for x in segs for v in x.versions)
-                        / max(total, 1),
+                        "staleness": sum(g * c for g, c in gaps.items()) / max(total, 1),
+                        "staleness_hist": dict(sorted(gaps.items())),
+                        "tickets": [x.ticket_id for x in segs],
+                        "passes": dict(self.passes),
                     }
                 )
+                self.passes = dict.fromkeys(self.passes, 0)
                 if done < self.updates:  # after the last one the run stops: nothing to wake
                     for r in self.rollouts:
                         r.offer(version)
@@ -386,16 +442,25 @@ class _Rollout:
             yield sim.any_of(waits)
 
 
+def run_model(spec: SimSpec, updates: int, max_sim_s: float = 1e7) -> _Model:
+    """The model after ``updates`` trained batches: its per-update ``log`` (time, samples, ticket
+    ids trained, staleness histogram, trainer ``passes``), the segments the trainer took in order
+    (``arrivals``), who steps and serves which manager (``env_managers``, ``route``) and each
+    rollout worker's batcher (``rollouts[r].batcher``)."""
+    model = _Model(spec, updates)
+    model.run(max_sim_s)
+    if len(model.log) < updates:
+        raise RuntimeError(f"simulation stalled after {len(model.log)} of {updates} updates")
+    return model
+
+
 def simulate(spec: SimSpec, updates: int = 8, warmup: int = 2, max_sim_s: float = 1e7) -> dict[str, Any]:
     """Run the model for ``updates`` trained batches; throughput over those after ``warmup``
     (the same window as the bench: from the end of the last warm-up update to the last one)."""
     if updates <= warmup:
         raise ValueError("updates must exceed warmup")
-    model = _Model(spec, updates)
-    model.run(max_sim_s)
+    model = run_model(spec, updates, max_sim_s)
     log = model.log
-    if len(log) < updates:
-        raise RuntimeError(f"simulation stalled after {len(log)} of {updates} updates")
     first = log[warmup - 1] if warmup > 0 else {"t": 0.0}
     window = log[warmup:]
     dt = log[-1]["t"] - first["t"]
