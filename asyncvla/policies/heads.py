@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+from torch.distributions import Categorical, Normal
 
 
 def sample_bins(log_p: torch.Tensor, deterministic: bool) -> torch.Tensor:
@@ -100,17 +100,15 @@ class TokenHead(ActionHead):
         return self.low + (ids.float() + 0.5) * self.bin_width
 
     def sample(self, params: torch.Tensor, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        log_p = F.log_softmax(params, dim=-1)
-        ids = sample_bins(log_p, deterministic)
-        return self.bin_centers(ids), log_p.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        dist = bins_distribution(params)
+        ids = sample_bins(dist.logits, deterministic)
+        return self.bin_centers(ids), dist.log_prob(ids)
 
     def log_prob_entropy(
         self, params: torch.Tensor, actions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        log_p = F.log_softmax(params, dim=-1)
-        log_probs = log_p.gather(-1, self.to_bins(actions).unsqueeze(-1)).squeeze(-1)
-        entropy = -(log_p.exp() * log_p).sum(-1)
-        return log_probs, entropy
+        dist = bins_distribution(params)
+        return dist.log_prob(self.to_bins(actions)), dist.entropy()
 
 
 class GaussianHead(ActionHead):
@@ -135,19 +133,24 @@ class GaussianHead(ActionHead):
         log_std = self.log_std.clamp(self.log_std_min, self.log_std_max).expand_as(mean.squeeze(-1))
         return torch.cat([mean, log_std.unsqueeze(-1)], dim=-1)
 
-    def sample(self, params: torch.Tensor, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def distribution(params: torch.Tensor) -> Normal:
+        """The per-token Normal(mean, exp(log_std)) of ``params`` [B, K, A, 2]."""
         mean, log_std = params.unbind(-1)
-        actions = mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)
-        return actions, _normal_log_prob(actions, mean, log_std)
+        return Normal(mean, log_std.exp(), validate_args=False)
+
+    def sample(self, params: torch.Tensor, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        dist = self.distribution(params)
+        actions = dist.mean if deterministic else dist.sample()
+        return actions, dist.log_prob(actions)
 
     def log_prob_entropy(
         self, params: torch.Tensor, actions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_std = params.unbind(-1)
-        entropy = 0.5 + 0.5 * math.log(2 * math.pi) + log_std
-        return _normal_log_prob(actions, mean, log_std), entropy
+        dist = self.distribution(params)
+        return dist.log_prob(actions), dist.entropy()
 
 
-def _normal_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """Elementwise log N(x; mean, exp(log_std)^2)."""
-    return -0.5 * ((x - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+def bins_distribution(logits: torch.Tensor) -> Categorical:
+    """Per-token categorical over action bins from logits [..., n_bins] (normalized by torch)."""
+    return Categorical(logits=logits, validate_args=False)

@@ -54,7 +54,7 @@ from torch.nn import functional as F
 from asyncvla.envs.base import ObsBatch
 from asyncvla.policies import POLICIES
 from asyncvla.policies.base import ActOutput, EvalOutput, Policy
-from asyncvla.policies.heads import sample_bins
+from asyncvla.policies.heads import bins_distribution, sample_bins
 
 PROMPT = "In: What action should the robot take to {instruction}?\nOut:"
 N_BINS = 256
@@ -408,9 +408,9 @@ class HFVLA(Policy):
     @torch.inference_mode()
     def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOutput:
         logits, values = self.forward_heads(obs)
-        log_p = F.log_softmax(logits, dim=-1)
-        ids = sample_bins(log_p, deterministic)
-        log_probs = log_p.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        dist = bins_distribution(logits)
+        ids = sample_bins(dist.logits, deterministic)
+        log_probs = dist.log_prob(ids)
         return ActOutput(
             actions=self.from_bins(ids).cpu().numpy().astype(np.float32),
             log_probs=log_probs.cpu().numpy().astype(np.float32),
@@ -426,10 +426,8 @@ class HFVLA(Policy):
         expected = (logits.shape[0], self.chunk_size, self.action_dim)
         if tuple(actions.shape) != expected:
             raise ValueError(f"actions must be {list(expected)}, got {list(actions.shape)}")
-        log_p = F.log_softmax(logits, dim=-1)
-        log_probs = log_p.gather(-1, self.to_bins(actions).unsqueeze(-1)).squeeze(-1)
-        entropy = -(log_p.exp() * log_p).sum(-1)
-        return EvalOutput(log_probs=log_probs, entropy=entropy, values=values)
+        dist = bins_distribution(logits)
+        return EvalOutput(log_probs=dist.log_prob(self.to_bins(actions)), entropy=dist.entropy(), values=values)
 
 
 # ---------------------------------------------------------------------- loading helpers
