@@ -51,7 +51,7 @@ def default_run_dir(cfg: Config) -> Path:
 
 
 class RunDir:
-    def __init__(self, path: str | Path, cfg: Config, resume: bool = False) -> None:
+    def __init__(self, path: str | Path, cfg: Config, resume: bool = False, tensorboard: bool = True) -> None:
         self.path = Path(path)
         if not resume and (self.path / "metrics.jsonl").exists():
             raise FileExistsError(
@@ -61,13 +61,17 @@ class RunDir:
         (self.path / "checkpoints").mkdir(exist_ok=True)
         atomic_write_text(self.path / "config.yaml", dump_config(cfg))
         self._metrics = (self.path / "metrics.jsonl").open("a")
-        from torch.utils.tensorboard import SummaryWriter
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
 
-        self._tb = SummaryWriter(str(self.path / "tensorboard"))
+            self._tb = SummaryWriter(str(self.path / "tensorboard"))
 
     def log(self, row: dict[str, Any]) -> None:
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
+        if self._tb is None:
+            return
         step = int(row.get("env_steps", row.get("update", 0)))
         for k, v in row.items():
             if isinstance(v, (int, float)) and k not in ("update", "env_steps"):
@@ -108,4 +112,5 @@ class RunDir:
 
     def close(self) -> None:
         self._metrics.close()
-        self._tb.close()
+        if self._tb is not None:
+            self._tb.close()

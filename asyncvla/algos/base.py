@@ -37,8 +37,8 @@ class Algorithm(ABC):
     def __init__(self, cfg: AlgoConfig) -> None:
         self.cfg = cfg
 
-    @classmethod
-    def check(cls, config: Config) -> None:  # noqa: B027 (optional hook)
+    @classmethod  # noqa: B027 (an optional hook, empty by default)
+    def check(cls, config: Config) -> None:
         """Refuse a config this algorithm cannot run: raise ``ValueError("key: why")``."""
 
     @abstractmethod

@@ -13,7 +13,6 @@ import csv
 import json
 import math
 import statistics
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from asyncvla.bench.profiles import (
 )
 from asyncvla.bench.simulate import simulate, spec_from_config
 from asyncvla.bench.vdevice import read_holds
-from asyncvla.config import ConfigError, dump_config
+from asyncvla.config import ConfigError
 
 
 def updates_for(profile: Profile, env_steps: int | None, measure_updates: int = 4) -> int:
@@ -54,33 +53,27 @@ def run_mode(
     run_dir: Path,
     time_scale: float | None = None,
 ) -> dict[str, Any]:
-    """One run of one mode through ``Runtime``; returns its analysis (``analysis.analyze_run``)."""
-    from asyncvla.builder import build_policy, probe_env
+    """One run of one mode through the driver loop ``train`` uses (``run_schedule``); returns its
+    analysis (``analysis.analyze_run``). The run directory holds ``config.yaml``, ``metrics.jsonl``,
+    ``events.jsonl`` and ``holds.jsonl``."""
+    from asyncvla.builder import build_policy
+    from asyncvla.rundir import RunDir
+    from asyncvla.runtime.driver import run_schedule
     from asyncvla.runtime.events import read_events
-    from asyncvla.runtime.launcher import Runtime
 
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id = f"{mode}-{uuid.uuid4().hex[:8]}"
     lock_dir = run_dir / "vdev"
     cfg = mode_config(profile, mode, updates, run_id, str(lock_dir), True, time_scale)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
-    probe = probe_env(cfg)
-    policy = build_policy(cfg, probe)
-    probe.close()
+    policy = build_policy(cfg)
     state: dict[str, Any] = {"update": 0, "env_steps": 0, "wall_s": 0.0}
-    rows: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
+    run = RunDir(run_dir, cfg, tensorboard=False)
     with PeakMemory() as mem:
-        rt = Runtime(cfg, policy, run_dir, state, None)
-        t_ready = time.perf_counter()
         try:
-            rt.run(updates, rows.extend)
+            res = run_schedule(cfg, policy, run, state)
         finally:
-            rt.shutdown()
-    t_end = time.perf_counter()
-    with (run_dir / "metrics.jsonl").open("w") as f:
-        for r in rows:
-            f.write(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}) + "\n")
+            run.close()
+    rows = run.read_metrics()
     events = read_events(run_dir / "events.jsonl")
     holds = read_holds(lock_dir, run_id) if lock_dir.is_dir() else []
     with (run_dir / "holds.jsonl").open("w") as f:
@@ -97,8 +90,8 @@ def run_mode(
         max_batch_samples=cfg.runtime.max_batch_samples,
         batch_timeout_ms=cfg.runtime.batch_timeout_ms,
         updates=updates,
-        start_s=t_ready - t0,
-        run_s=t_end - t_ready,
+        start_s=res.start_s,
+        run_s=res.run_s,
         **mem.result(),
     )
     return out

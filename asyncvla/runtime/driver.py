@@ -8,6 +8,7 @@ workers' statistics, and stops every worker whatever happens.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,10 @@ class RunResult:
     rollout_stats: list[dict[str, Any]]
     ray: dict[str, Any]
     """The Ray instance: GCS ``address`` and whether the run ``joined`` a cluster."""
+    start_s: float
+    """Seconds to place and construct every worker."""
+    run_s: float
+    """Seconds from the start of the schedule until every worker stopped."""
 
 
 def run_schedule(
@@ -64,10 +69,21 @@ def run_schedule(
 
     try:
         info = {"address": ray.get_runtime_context().gcs_address, "joined": cfg.runtime.address is not None}
+        t0 = time.perf_counter()
         runtime = Runtime(cfg, policy, run.path if run is not None else None, state, optimizer_dir)
+        t_ready = time.perf_counter()
         final = runtime.run(cfg.train.updates - state["update"], rows)
+        t_end = time.perf_counter()
         load_weights(policy, final)
-        result = RunResult(final, runtime.accounting(), runtime.env_stats, runtime.rollout_stats(), info)
+        result = RunResult(
+            final,
+            runtime.accounting(),
+            runtime.env_stats,
+            runtime.rollout_stats(),
+            info,
+            start_s=t_ready - t0,
+            run_s=t_end - t_ready,
+        )
     finally:
         if runtime is not None:
             runtime.shutdown()

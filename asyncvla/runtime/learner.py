@@ -39,7 +39,6 @@ from asyncvla.policies import Policy
 from asyncvla.rundir import atomic_write_text
 from asyncvla.runtime.types import Segment, concat_obs, take_obs
 
-
 COLUMNS = ("actions", "log_probs", "values", "adv", "ret", "versions")
 
 
