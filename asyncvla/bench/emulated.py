@@ -20,8 +20,8 @@ The outputs are a valid Gaussian policy for PPO: a real (tiny) mean, log-std and
 per-token log-probs [B, K, A] and entropy [B, K, A] of ``torch.distributions.Normal``, values [B];
 ``act`` and ``evaluate`` agree.
 
-Which role a process plays comes from ``role`` if given, else from the Ray actor class that holds
-the policy (``RolloutServer`` / ``TrainerActor``), else from the method (act: rollout, evaluate:
+Which role a copy plays comes from ``role`` if given, else from the runtime's ``on_placed`` hint
+(the worker that built it: rollout or trainer), else from the method (act: rollout, evaluate:
 trainer). Use it as the plug-in ``policy.name: asyncvla.bench.emulated:EmulatedPolicy``.
 """
 

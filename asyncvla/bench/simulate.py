@@ -2,18 +2,18 @@
 
 The same policies as ``asyncvla/runtime``, with every compute replaced by its cost model:
 
-* **env workers** (``EnvWorkerActor.run``): each steps its managers one after another; a manager
+* **env workers** (``EnvWorker.run``): each steps its managers one after another; a manager
   waits only for its own reply (``lockstep=False``) or the worker waits for all of its managers'
   replies (sync / ``async.env: false``). A step of n envs x K actions costs the tabletop latency
   draws (``LatencyEmulator.delay_s``, the very sampler the env uses). A segment (T decisions) takes
   a staleness ticket from the one ``StalenessGate`` before its first decision and is shipped to
   the trainer's bounded queue; a worker keeps at most ``queue_segments`` puts outstanding.
-* **rollout workers** (``RolloutServer._loop``): the runtime's own ``DynamicBatcher`` (B_max /
+* **rollout workers** (``RolloutWorker.next_batch``): the runtime's own ``DynamicBatcher`` (B_max /
   T_max, or static batching over the routed shards) over the requests that the staleness throttle
   admits (``gate.admissible``: ticket u is served only if u <= v + eta); newest offered weights
   are adopted (``sync_s`` on the rollout device) before a batch; a batch of B costs
   ``infer(B / gpus)`` on the rollout device.
-* **trainer** (``TrainerActor.run`` / ``Trainer``): takes segments from a FIFO queue of capacity
+* **trainer** (``Trainer.add`` / ``Learner``): takes segments from a FIFO queue of capacity
   ``queue_segments``, trains global batches in version order: per segment a bootstrap forward
   (``bootstrap_factor * infer(n / gpus)``); non-streaming: proximal recomputation of the stale
   samples (``nograd_factor * train``) then ``epochs`` passes of minibatches; streaming: the first
@@ -191,7 +191,7 @@ class _Model:
             [m for m in range(spec.num_managers) if m % spec.num_env_workers == w]
             for w in range(spec.num_env_workers)
         ]
-        """Env worker -> the managers it steps (``EnvWorkerActor``: manager m on worker m mod W)."""
+        """Env worker -> the managers it steps (``placement.worker_specs``: manager m on worker m mod W)."""
         self.log: list[dict[str, Any]] = []
         self.arrivals: list[Seg] = []
         """Every segment the trainer took from its queue, in that order."""

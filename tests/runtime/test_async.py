@@ -42,7 +42,7 @@ def _run(overrides, updates):
     policy = build_policy(cfg, probe)
     state = {"update": 0, "env_steps": 0, "wall_s": 0.0}
     rows = []
-    rt = Runtime(cfg, policy, cfg.policy.name, None, state, None)
+    rt = Runtime(cfg, policy, None, state, None)
     try:
         rt.run(updates, rows.extend)
         assert len(_actor_processes()) == 3 + len(rt.rollouts)  # what the failure test checks is real
@@ -147,7 +147,7 @@ def test_streamer_run_trains_micro_batches(tmp_path):
 
 
 def _actor_processes():
-    names = ("ray::EnvWorkerActor", "ray::RolloutServer", "ray::TrainerActor", "ray::Coordinator")
+    names = ("ray::EnvWorkerActor", "ray::RolloutWorkerActor", "ray::TrainerActor", "ray::Coordinator")
     found = []
     for cmd in Path("/proc").glob("[0-9]*/cmdline"):
         try:
@@ -184,13 +184,14 @@ def test_a_failing_worker_stops_the_run_with_one_clear_error(tmp_path):
 
 def test_rollout_batches_answer_each_request_with_its_own_observations():
     from asyncvla.runtime.env_worker import EnvManager
-    from asyncvla.runtime.rollout_worker import RolloutWorker
+    from asyncvla.runtime.rollout_worker import RolloutSpec, RolloutWorker
+    from asyncvla.runtime.weights import PolicySpec
 
     cfg = load_config(None, BASE)
     policy = build_policy(cfg, probe_env(cfg))
     managers = [EnvManager(m, "tabletop", 3, {"family": "reach"}, 2, seed=m) for m in range(3)]
     requests = [r for m in managers for r in m.request()]
-    worker = RolloutWorker(policy)
+    worker = RolloutWorker(cfg, RolloutSpec(0), PolicySpec.of(policy, cfg.policy.name))
     batched = worker.infer(requests)
     for req, rep in zip(requests, batched, strict=True):
         alone = worker.infer([req])[0]

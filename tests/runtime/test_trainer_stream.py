@@ -6,7 +6,7 @@ import torch
 
 from asyncvla.config import load_config
 from asyncvla.runtime.env_worker import EnvManager
-from asyncvla.runtime.trainer import Trainer
+from asyncvla.runtime.learner import Learner
 from asyncvla.runtime.types import ActionReply
 from asyncvla.builder import build_policy, probe_env
 
@@ -56,8 +56,8 @@ def test_streaming_micro_batches_equal_one_full_batch_step():
     assert total % micro != 0
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     pol_a, pol_b = copy.deepcopy(policy), copy.deepcopy(policy)
-    a = Trainer(pol_a, cfg.algo, seed=0)
-    b = Trainer(pol_b, cfg.algo, seed=0, micro_batch=micro)
+    a = Learner(pol_a, cfg.algo, seed=0)
+    b = Learner(pol_b, cfg.algo, seed=0, micro_batch=micro)
 
     ma = a.train(segs)
     ran = [b.stream_add(seg) for seg in segs]
@@ -81,8 +81,8 @@ def test_streaming_without_sample_weighting_would_differ():
         ["algo.normalize_advantages=false", "algo.off_policy=none", "algo.minibatch_size=64"]
     )
     pol_a, pol_c = copy.deepcopy(policy), copy.deepcopy(policy)
-    Trainer(pol_a, cfg.algo, seed=0).train(segs)
-    c = Trainer(pol_c, cfg.algo.model_copy(update={"minibatch_size": 5}), seed=0)
+    Learner(pol_a, cfg.algo, seed=0).train(segs)
+    c = Learner(pol_c, cfg.algo.model_copy(update={"minibatch_size": 5}), seed=0)
     c.train(segs)
     assert any(
         not torch.allclose(wa, wc, atol=1e-6)
@@ -102,7 +102,7 @@ def test_trainer_refuses_and_counts_samples_beyond_max_staleness(mode):
     segs[0].versions = STALE_VERSIONS.copy()
     segs[1].versions = np.full((T, N_ENVS), 5, dtype=np.int64)  # all on-policy
     assert segs[0].valid.all() and segs[1].valid.all()
-    trainer = Trainer(policy, cfg.algo, seed=0, max_staleness=2, micro_batch=8)
+    trainer = Learner(policy, cfg.algo, seed=0, max_staleness=2, micro_batch=8)
     if mode == "train":
         metrics = trainer.train(segs)
     else:
@@ -121,8 +121,21 @@ def test_without_a_staleness_bound_every_sample_is_trained_and_histogrammed():
     cfg, policy, segs = _setup(["algo.minibatch_size=8"], segments=1)
     policy.version = 5
     segs[0].versions = STALE_VERSIONS.copy()
-    metrics = Trainer(policy, cfg.algo, seed=0).train(segs)
+    metrics = Learner(policy, cfg.algo, seed=0).train(segs)
     assert metrics["rejected_samples"] == 0
     assert metrics["train_samples"] == 12
     assert metrics["staleness_hist"] == {"0": 4, "1": 2, "2": 3, "3": 1, "4": 1, "5": 1}
     assert metrics["staleness_max"] == 5
+
+
+def test_streamer_and_epoch_schedules_take_the_documented_number_of_optimizer_steps():
+    # N = 24 samples, m = 8, E = 3: epochs take E * ceil(N / m) = 9 steps; the streamer one
+    # accumulated step for its first epoch, then (E - 1) * ceil(N / m) = 6.
+    cfg, policy, segs = _setup(["algo.minibatch_size=8", "algo.epochs=3"])
+    epochs = Learner(copy.deepcopy(policy), cfg.algo, seed=0)
+    epochs.train(segs)
+    streamer = Learner(copy.deepcopy(policy), cfg.algo, seed=0)
+    for seg in segs:
+        streamer.stream_add(seg)
+    streamer.stream_finish()
+    assert (epochs.optimizer_steps, streamer.optimizer_steps) == (9, 1 + 6)
