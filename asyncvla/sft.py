@@ -10,6 +10,7 @@ import torch
 
 from asyncvla.envs import make_env
 from asyncvla.envs.base import ObsBatch
+from asyncvla.envs.episodes import run_episodes
 from asyncvla.policies import Policy
 from asyncvla.runtime.types import concat_obs, take_obs
 
@@ -26,35 +27,31 @@ def collect_demos(
     """Roll out the env's scripted expert (``expert_action_chunk``) for ``episodes`` episodes.
 
     Returns every decision's observation, the expert chunk [N, K, A] (or, ``with_points``, the env's
-    pointing labels [N, P, 2] instead) and the expert success rate.
-    Episode j starts from init state ``seed_offset + j``.
+    pointing labels [N, P, 2] instead) and the expert success rate, episode by episode in time
+    order. Episode j starts from init state ``seed_offset + j``.
     """
-    obs_parts: list[ObsBatch] = []
-    act_parts: list[np.ndarray] = []
-    successes: list[float] = []
-    done_eps = 0
-    while done_eps < episodes:
-        n = min(num_envs, episodes - done_eps)
-        env = make_env(env_name, num_envs=n, **env_kwargs)
-        if not hasattr(env, "expert_action_chunk"):
-            raise ValueError(f"env {env_name!r} has no scripted expert (expert_action_chunk)")
-        if with_points and not hasattr(env, "pointing_targets"):
-            raise ValueError(f"env {env_name!r} has no pointing labels (pointing_targets)")
-        starts = list(range(seed_offset + done_eps, seed_offset + done_eps + n))
-        obs, _ = env.reset(seed=starts, options={"init_state": starts})
-        active = np.ones(n, dtype=bool)
-        while active.any():
-            chunk = env.expert_action_chunk(chunk_size)
-            idx = np.flatnonzero(active)
-            obs_parts.append(take_obs(obs, idx))
-            labels = env.pointing_targets() if with_points else chunk
-            act_parts.append(labels[idx].astype(np.float32))
-            obs, _, term, trunc, info = env.step(chunk)
-            done = (term | trunc) & active
-            successes.extend(float(s) for s in np.asarray(info["success"])[done])
-            active &= ~done
+    env = make_env(env_name, num_envs=min(num_envs, episodes), **env_kwargs)
+    if not hasattr(env, "expert_action_chunk"):
         env.close()
-        done_eps += n
+        raise ValueError(f"env {env_name!r} has no scripted expert (expert_action_chunk)")
+    if with_points and not hasattr(env, "pointing_targets"):
+        env.close()
+        raise ValueError(f"env {env_name!r} has no pointing labels (pointing_targets)")
+    frames: list[list[tuple[ObsBatch, np.ndarray]]] = [[] for _ in range(episodes)]
+
+    def record(obs: ObsBatch, slots: np.ndarray, eps: np.ndarray, chunk: np.ndarray) -> None:
+        labels = env.pointing_targets()[slots] if with_points else chunk
+        for j, (slot, ep) in enumerate(zip(slots, eps, strict=True)):
+            frames[ep].append((take_obs(obs, [slot]), labels[j : j + 1].astype(np.float32)))
+
+    try:
+        eps = run_episodes(env, episodes, seed_offset, lambda o: env.expert_action_chunk(chunk_size), record)
+    finally:
+        env.close()
+    successes = [e.success for e in eps]
+    ordered = [f for episode in frames for f in episode]  # episode by episode, in time order
+    obs_parts = [o for o, _ in ordered]
+    act_parts = [a for _, a in ordered]
     return concat_obs(obs_parts), np.concatenate(act_parts), float(np.mean(successes))
 
 

@@ -34,6 +34,7 @@ from asyncvla.algos import ALGOS
 from asyncvla.config import Config
 from asyncvla.envs import ENVS, make_env
 from asyncvla.envs.base import ObsBatch
+from asyncvla.envs.episodes import EpisodeTracker
 from asyncvla.runtime.events import EventBuffer
 from asyncvla.runtime.gate import Ticket
 from asyncvla.runtime.types import ActionReply, ObsRequest, Segment, take_obs
@@ -93,8 +94,7 @@ class EnvManager:
         self.env_steps_total = 0
         self.samples_total = 0
         self.segments_total = 0
-        self._ep_return = np.zeros(self.n, dtype=np.float64)
-        self._ep_len = np.zeros(self.n, dtype=np.int64)
+        self._tracker = EpisodeTracker(self.n)
         self._done = np.zeros(self.n, dtype=bool)
         self._group_ids: np.ndarray | None = None
         self._clear_buffer()
@@ -262,15 +262,10 @@ class EnvManager:
         self._buf_env_steps += int(steps.sum())
         self.env_steps_total += int(steps.sum())
 
-        self._ep_return += np.where(valid, reward, 0.0)
-        self._ep_len += steps
-        success = np.asarray(info["success"])
-        for i in np.flatnonzero(done):
-            self._episodes["return"].append(float(self._ep_return[i]))
-            self._episodes["length"].append(int(self._ep_len[i]))
-            self._episodes["success"].append(float(success[i]))
-        self._ep_return[done] = 0.0
-        self._ep_len[done] = 0
+        for _, ep in self._tracker.step(reward, info["cost"], steps, done, info["success"], valid):
+            self._episodes["return"].append(ep.ret)
+            self._episodes["length"].append(ep.length)
+            self._episodes["success"].append(ep.success)
 
         if self.episode_mode:
             self._done |= done

@@ -27,8 +27,8 @@ KINDS = (
     "weights_published",
     "weights_adopted",  # includes sync latency from publication
     "rejected",  # the trainer refused samples beyond the staleness bound
-    "run_start",
-    "run_end",
+    "run_start",  # the driver started the schedule (mode, max_staleness)
+    "run_end",  # the trainer made its last update (updates)
 )
 
 
@@ -42,6 +42,8 @@ class EventBuffer:
         self._last = time.monotonic()
 
     def emit(self, kind: str, **fields: Any) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown event kind {kind!r}; known: {', '.join(KINDS)}")
         self._buf.append(
             {"worker": self.worker, "wseq": self._wseq, "kind": kind, "t": time.time(), **fields}
         )

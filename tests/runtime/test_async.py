@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asyncvla.config import load_config
-from asyncvla.runtime.events import read_events
-from asyncvla.runtime.launcher import Runtime, WorkerError
 from asyncvla.builder import build_policy, probe_env
+from asyncvla.config import load_config
+from asyncvla.runtime.events import KINDS, read_events
+from asyncvla.runtime.launcher import Runtime, WorkerError
 from asyncvla.train import train
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -99,6 +99,8 @@ def test_async_train_writes_events_and_metrics(tmp_path):
     assert [r["lr"] for r in rows] == pytest.approx([lr, lr * 2 / 3, lr / 3])
     events = read_events(run / "events.jsonl")
     kinds = {e["kind"] for e in events}
+    assert kinds <= set(KINDS)
+    assert [e["updates"] for e in events if e["kind"] == "run_end"] == [3]
     for kind in (
         "run_start",
         "env_step",

@@ -91,7 +91,7 @@ def _segments(cfg, pspec, n=4):
         )
     # two global batches of two tickets each: (ticket, target version, closes, batch tickets)
     for seg, (tid, u, closes, k) in zip(
-        segs, [(0, 0, False, 0), (1, 0, True, 2), (2, 1, False, 0), (3, 1, True, 2)]
+        segs, [(0, 0, False, 0), (1, 0, True, 2), (2, 1, False, 0), (3, 1, True, 2)], strict=True
     ):
         seg.ticket_id, seg.target_version, seg.closes_batch, seg.batch_tickets = tid, u, closes, k
     return segs
@@ -257,3 +257,8 @@ def test_worker_specs_route_every_manager_and_split_shards():
     assert envs[0].routes == {(0, 0): 0, (0, 1): 1, (2, 0): 0} and envs[1].routes == {(1, 0): 1}
     assert all(s.start_update == 7 for s in [*envs, *rollouts])
     assert [r.static_shards for r in rollouts] == [None, None]  # async: dynamic batching
+
+
+def test_an_unknown_event_kind_is_refused():
+    with pytest.raises(ValueError, match="unknown event kind 'bogus'"):
+        Recorder().emit("bogus")
