@@ -163,7 +163,7 @@ class RuntimeConfig(_Strict):
     """... or this long after it opened, whichever comes first."""
     auto_tune: bool = False
     """Choose ``max_batch_samples`` and ``batch_timeout_ms`` at start from measured inference and
-    env-step latencies (``asyncvla.bench.tune``; docs/performance.md) instead of the values above."""
+    env-step latencies (``asyncvla.runtime.autotune``; docs/performance.md) instead of the values above."""
     queue_segments: int = Field(8, ge=1)
     """Capacity of the bounded segment queue in front of the trainer."""
     placement: Literal["colocated", "disaggregated", "hybrid"] = "colocated"
@@ -174,8 +174,8 @@ class RuntimeConfig(_Strict):
     rollout: Resources = Field(default_factory=Resources)
     trainer: Resources = Field(default_factory=Resources)
     passive_threads: bool = False
-    """Workers' OpenMP threads sleep when idle (``OMP_WAIT_POLICY=PASSIVE``) instead of spinning.
-    Measured on the 2-core quickstart it slowed both modes (sync 5.17 -> 6.13 s/update), so it is off."""
+    """Workers' OpenMP threads sleep when idle (``OMP_WAIT_POLICY=PASSIVE``) instead of spinning
+    (off: on a 2-core CPU it slows the quickstart, see docs/performance.md)."""
     start_timeout_s: float = Field(180.0, gt=0.0)
     """Every actor must be placed and constructed within this time, else the run fails naming them."""
     stall_timeout_s: float = Field(900.0, gt=0.0)

@@ -4,9 +4,9 @@ event log, failure handling."""
 import collections
 import json
 import time
-from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from asyncvla.builder import build_policy, probe_env
@@ -149,12 +149,14 @@ def test_streamer_run_trains_micro_batches(tmp_path):
 
 
 def _actor_processes():
+    """This test's Ray actor processes (Ray titles them ``ray::<Class>...``): descendants of this
+    process, so another Ray instance on the machine does not count."""
     names = ("ray::EnvWorkerActor", "ray::RolloutWorkerActor", "ray::TrainerActor", "ray::Coordinator")
     found = []
-    for cmd in Path("/proc").glob("[0-9]*/cmdline"):
+    for p in psutil.Process().children(recursive=True):
         try:
-            text = cmd.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            text = " ".join(p.cmdline())
+        except psutil.Error:
             continue
         if text.startswith(names):
             found.append(text[:60])
