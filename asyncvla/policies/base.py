@@ -7,6 +7,7 @@ each action of the chunk); the algorithms sum them to token, action or chunk lev
 from __future__ import annotations
 
 import json
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,13 +88,18 @@ class Policy(nn.Module, ABC):
 
 
 def save_policy(policy: Policy, directory: str | Path, name: str) -> Path:
-    """Write ``model.safetensors`` + ``policy.json`` (registry name, kwargs, version)."""
+    """Write ``model.safetensors`` + ``policy.json`` (registry name, kwargs, version), each
+    atomically (written beside, then renamed)."""
+    from asyncvla.rundir import atomic_write_text
+
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
-    save_file(state, str(d / "model.safetensors"))
+    tmp = d / ".model.safetensors.tmp"
+    save_file(state, str(tmp))
+    os.replace(tmp, d / "model.safetensors")
     meta = {"name": name, "kwargs": policy.init_kwargs(), "version": int(policy.version)}
-    (d / "policy.json").write_text(json.dumps(meta, indent=2))
+    atomic_write_text(d / "policy.json", json.dumps(meta, indent=2))
     return d
 
 

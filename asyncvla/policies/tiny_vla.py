@@ -281,7 +281,7 @@ class TinyVLA(Policy):
             self.head = GaussianHead(act_feat, width, self.chunk_size, self.action_dim, init_log_std)
         if freeze_encoder:
             # Like freezing a VLA's vision-language backbone: fine-tuning on a few demos otherwise
-            # overwrites the grounding (README, "The policy").
+            # overwrites the grounding (README, "Training workflow").
             for module in self.encoder_modules():
                 module.requires_grad_(False)
 

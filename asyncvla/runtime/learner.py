@@ -25,6 +25,7 @@ optimizer.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -312,7 +313,9 @@ class Learner:
             for name, t in st.items()
             if isinstance(t, torch.Tensor)
         }
-        save_file(tensors, str(directory / "optimizer.safetensors"))
+        tmp = directory / ".optimizer.safetensors.tmp"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, directory / "optimizer.safetensors")
         meta = {"param_groups": sd["param_groups"], "scheduler": self.scheduler.state_dict()}
         atomic_write_text(directory / "optimizer.json", json.dumps(meta))
 
