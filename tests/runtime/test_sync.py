@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from asyncvla.builder import build_policy, probe_env
 from asyncvla.config import load_config
 from asyncvla.policies import load_policy
 from asyncvla.runtime.env_worker import EnvManager
 from asyncvla.runtime.learner import Learner
 from asyncvla.runtime.types import ActionReply
-from asyncvla.builder import build_policy, probe_env
 from asyncvla.train import train
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -130,7 +130,8 @@ def test_sync_run_writes_the_run_directory(tmp_path):
     assert rows[-1]["env_steps"] == summary["env_steps"] > 0
     for key in ("mode", "env_steps", "wall_s", "env_steps_per_s", "sft_success_rate", "final_success_rate"):
         assert key in summary
-    assert json.loads((run / "summary.json").read_text())["env_steps"] == summary["env_steps"]
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["samples_trained"] == sum(r["train_samples"] for r in rows) == 2 * 2 * 4 * 3
     assert (run / "config.yaml").is_file() and (run / "curves.png").stat().st_size > 1000
     assert any((run / "tensorboard").iterdir())
     ckpt = run / "checkpoints" / "update_00002"
