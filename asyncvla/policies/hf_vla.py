@@ -427,7 +427,9 @@ class HFVLA(Policy):
         if tuple(actions.shape) != expected:
             raise ValueError(f"actions must be {list(expected)}, got {list(actions.shape)}")
         dist = bins_distribution(logits)
-        return EvalOutput(log_probs=dist.log_prob(self.to_bins(actions)), entropy=dist.entropy(), values=values)
+        return EvalOutput(
+            log_probs=dist.log_prob(self.to_bins(actions)), entropy=dist.entropy(), values=values
+        )
 
 
 # ---------------------------------------------------------------------- loading helpers

@@ -161,7 +161,15 @@ class Runtime:
                     raise WorkerError(f"{names[ref]} stopped before the trainer finished")
         on_rows(ray.get(self.trainer.pop_rows.remote()))
         self.coordinator.log.remote(
-            [{"worker": "driver", "wseq": 1, "kind": "run_end", "t": time.time(), "updates": result["updates"]}]
+            [
+                {
+                    "worker": "driver",
+                    "wseq": 1,
+                    "kind": "run_end",
+                    "t": time.time(),
+                    "updates": result["updates"],
+                }
+            ]
         )
         self.stop_envs()
         return result

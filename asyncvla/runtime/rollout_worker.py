@@ -83,7 +83,9 @@ class RolloutWorker:
         offer, self.offer_pending = self.offer_pending, None
         return offer
 
-    def set_weights(self, version: int, state_dict: dict[str, torch.Tensor], published_t: float | None = None) -> None:
+    def set_weights(
+        self, version: int, state_dict: dict[str, torch.Tensor], published_t: float | None = None
+    ) -> None:
         """Adopt published weights; called between batches only, never during one."""
         self.policy.load_sync_state_dict(state_dict)
         self.policy.version = version
@@ -106,8 +108,7 @@ class RolloutWorker:
         adm = [
             w
             for w in waiting
-            if w.request.target_version is None
-            or admissible(w.request.target_version, v, self.max_staleness)
+            if w.request.target_version is None or admissible(w.request.target_version, v, self.max_staleness)
         ]
         held = len(waiting) - len(adm)
         if held and not self._throttled:

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from asyncvla.builder import build_policy, probe_env
 from asyncvla.config import load_config
 from asyncvla.runtime.env_worker import EnvManager
 from asyncvla.runtime.learner import Learner
 from asyncvla.runtime.types import ActionReply
-from asyncvla.builder import build_policy, probe_env
 
 TINY = [
     "env.num_envs=4",
