@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo compare test lint env-speed libero clean
+.PHONY: demo compare test test-fast lint env-speed libero clean
 
 $(STAMP):
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,10 @@ compare: $(STAMP)
 
 test: $(STAMP) $(LIBERO_STAMP)
 	$(BIN)/python -m pytest -q -x
+
+# The fast tier: everything but the tests marked slow, ray or libero (pyproject.toml); no LIBERO install.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not ray and not libero"
 
 lint: $(STAMP)
 	$(BIN)/ruff check asyncvla tests && $(BIN)/ruff format --check asyncvla tests
