@@ -2,10 +2,14 @@
 
 from pathlib import Path
 
+import pytest
+
 from asyncvla.config import load_config
 from asyncvla.train import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]  # a whole run: pretraining, SFT, PPO on local Ray
 
 
 def test_ppo_improves_held_out_success_on_reach(tmp_path):
