@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +15,8 @@ from asyncvla.policies.tokenizer import PAD_ID, UNK_ID, WordTokenizer
 
 VOCAB = "pick up the red green blue cube sphere and place it in basket bowl".split()
 HEADS = ["tokens", "gaussian"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fake_obs(
@@ -35,17 +40,25 @@ def small_policy(head: str, **kwargs) -> TinyVLA:
 
 
 def behaviour_clone(
-    policy: TinyVLA, obs: dict, targets: np.ndarray, steps: int, lr: float = 3e-3
+    policy: TinyVLA,
+    obs: dict,
+    targets: np.ndarray,
+    steps: int,
+    lr: float = 3e-3,
+    done: Callable[[], bool] | None = None,
 ) -> list[float]:
-    """Minimise -log pi(targets | obs) with Adam; return the NLL per step."""
+    """Minimise -log pi(targets | obs) with Adam; return the NLL per step. ``done``, when given, is
+    asked every 10 steps and ends the fit as soon as it holds."""
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     losses = []
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         nll = -policy.evaluate(obs, targets).log_probs.mean()
         opt.zero_grad()
         nll.backward()
         opt.step()
         losses.append(nll.item())
+        if done is not None and step % 10 == 0 and done():
+            break
     return losses
 
 
@@ -296,7 +309,7 @@ def test_behaviour_cloning_overfits_eight_pairs(head: str) -> None:
     rng = np.random.default_rng(9)
     targets_ids = rng.integers(0, 256, (8, 4, 3))
     targets = (-1.0 + (targets_ids + 0.5) * (2.0 / 256)).astype(np.float32)  # bin centers
-    losses = behaviour_clone(policy, obs, targets, steps=100)
+    losses = behaviour_clone(policy, obs, targets, steps=50)  # both heads pass by step 40
     assert losses[-1] < 0.3 * losses[0], losses[::10]
     predicted = policy.act(obs, deterministic=True).actions
     if head == "tokens":
@@ -305,13 +318,14 @@ def test_behaviour_cloning_overfits_eight_pairs(head: str) -> None:
         assert np.abs(predicted - targets).mean() < 0.1
 
 
-@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("head", [pytest.param("tokens", marks=pytest.mark.slow), "gaussian"])
 def test_instruction_conditioning_is_learned(head: str) -> None:
     """Same image and state, two instructions, opposite targets: fitting both needs the language path.
 
     The tokens head can stall at the saddle where both instructions get the 50/50 mixture (NLL
     ln 2 per token) before the keypoints separate them, depending on the initialization: the
-    path must be learned from at least 3 of 4 initializations.
+    path must be learned within 200 steps from at least 3 of 4 initializations (a fit stops once
+    it is learned, the loop once 3 are).
     """
     one = fake_obs(1, seed=10)
     obs = {
@@ -321,11 +335,16 @@ def test_instruction_conditioning_is_learned(head: str) -> None:
     }
     targets = np.stack([np.full((4, 3), 0.5), np.full((4, 3), -0.5)]).astype(np.float32)
     targets = (-1.0 + (np.floor((targets + 1.0) / (2.0 / 256)) + 0.5) * (2.0 / 256)).astype(np.float32)
+
+    def fits(policy: TinyVLA) -> bool:
+        return bool(np.abs(policy.act(obs, deterministic=True).actions - targets).max() < 0.05)
+
     learned = 0
     for seed in range(4):
         torch.manual_seed(seed)
         policy = make_policy("tiny_vla", vocabulary=VOCAB, image_size=32, head=head)
-        behaviour_clone(policy, obs, targets, steps=200)
-        predicted = policy.act(obs, deterministic=True).actions
-        learned += bool(np.abs(predicted - targets).max() < 0.05)
+        behaviour_clone(policy, obs, targets, steps=200, done=partial(fits, policy))
+        learned += fits(policy)
+        if learned == 3:
+            break
     assert learned >= 3, learned
