@@ -1,4 +1,5 @@
-"""The LIBERO env (needs `make libero`, which `make test` runs: a missing install fails, not skips).
+"""The LIBERO env (needs `make libero`, which `make test` runs: a missing install fails, not skips;
+tests/conftest.py marks every test here ``libero``, so ``make test-fast`` leaves them out).
 
 Kept to smoke sizes (one libero_spatial task, small images, a few chunks): a LIBERO reset costs
 seconds on 2 cores.
@@ -31,6 +32,7 @@ def test_registered_and_set_up():
     assert (libero_setup.check_ready() / "config.yaml").is_file()  # `make libero` ran and verified
 
 
+@pytest.mark.slow
 def test_identical_resets_chunk_and_success(env):
     assert env.num_init_states == 50 and env.max_episode_steps == 220
     space = env.single_observation_space
@@ -82,6 +84,7 @@ def test_bad_kwargs_fail_clearly():
         make_env("libero", task_ids=[10])
 
 
+@pytest.mark.slow
 def test_single_env_wrapper_passes_check_env_and_truncates_inside_a_chunk():
     venv = make_env(
         "libero", num_envs=1, image_size=32, max_episode_steps=6, settle_steps=1, reflections=False
@@ -114,6 +117,7 @@ def _copy_subset(tmp_path, keys):
     return assets, libero, {k: manifest[k] for k in keys}
 
 
+@pytest.mark.slow
 def test_asset_manifest_verification_catches_changed_missing_and_extra_files(tmp_path):
     # The installed files match the committed manifest exactly (what `make libero` checked).
     manifest = libero_setup.read_manifest()
@@ -149,6 +153,7 @@ def test_missing_setup_names_make_libero(tmp_path, monkeypatch):
         libero_setup.check_ready()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_async_train_on_one_libero_task_writes_metrics(tmp_path):
     overrides = [

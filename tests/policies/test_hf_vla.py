@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from asyncvla.builder import build_policy, probe_env
 from asyncvla.config import load_config
 from asyncvla.policies import load_policy, make_policy, save_policy
 from asyncvla.policies.hf_tiny import N_BINS, build_tiny_checkpoint
@@ -19,7 +20,6 @@ from asyncvla.runtime.env_worker import EnvManager
 from asyncvla.runtime.trainer import Trainer
 from asyncvla.runtime.types import ActionReply
 from asyncvla.runtime.weights import pack, unpack
-from asyncvla.builder import build_policy, probe_env
 from asyncvla.train import train
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -266,6 +266,7 @@ def test_lora_trains_only_adapters_and_heads(ckpt):
 # ----------------------------------------------------------------------------- runs on Ray
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 @pytest.mark.parametrize(("mode", "lora_rank"), [("sync", 0), ("async", 4)])
 def test_short_train_run_finishes(ckpt, tmp_path, mode, lora_rank):
