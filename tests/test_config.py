@@ -12,7 +12,7 @@ from asyncvla.config import ConfigError, load_config
         ("algo.lrr=1", "algo.lrr: unknown key; allowed: name, gamma"),
         ("bogus=1", "bogus: unknown key"),
         ("algo.lr=-1", "algo.lr: Input should be greater than 0"),
-        ("algo.name=dqn", "algo.name: Input should be 'ppo' or 'grpo'"),
+        ("algo.name=dqn", "algo.name: unknown algo 'dqn'; registered: grpo, ppo"),
         ("train.updates=abc", "train.updates: Input should be a valid integer"),
         ("algo.logprob_level=sequence", "algo.logprob_level: Input should be 'token', 'action' or 'chunk'"),
     ],
@@ -46,6 +46,7 @@ def test_missing_file_and_bad_override_syntax(tmp_path) -> None:
         load_config(None, ["algo.lr"])
 
 
+@pytest.mark.slow
 def test_cli_exits_2_with_one_line(tmp_path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("name: x\n")
@@ -71,6 +72,7 @@ def test_cli_exits_2_with_one_line(tmp_path) -> None:
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_cli_rejects_bad_env_kwargs_at_start(tmp_path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("name: x\nenv:\n  kwargs:\n    family: juggling\n")

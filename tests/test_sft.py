@@ -6,6 +6,8 @@ from asyncvla.config import load_config
 from asyncvla.sft import behaviour_clone, collect_demos, pretrain_grounding
 from asyncvla.builder import build_policy, probe_env
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _policy(*overrides):
     cfg = load_config(None, ["env.kwargs.family=reach", "policy.kwargs.image_grid=4", *overrides])
@@ -23,6 +25,7 @@ def test_collect_demos_pairs_each_observation_with_the_expert_chunk():
     assert points.shape == (len(actions), 2, 2) and ((points >= 0) & (points <= 1)).all()
 
 
+@pytest.mark.slow
 def test_behaviour_cloning_lowers_the_expert_nll():
     _, policy = _policy()
     obs, actions, _ = collect_demos("tabletop", {"family": "reach"}, 8, 4, seed_offset=0)
@@ -30,6 +33,7 @@ def test_behaviour_cloning_lowers_the_expert_nll():
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
 
 
+@pytest.mark.slow
 def test_grounding_pretraining_fits_the_pointing_labels():
     _, policy = _policy()
     obs, points, _ = collect_demos("tabletop", {"family": "reach"}, 60, 4, seed_offset=0, with_points=True)
