@@ -9,18 +9,20 @@ from asyncvla.train import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray]  # a whole run: pretraining, SFT, PPO on local Ray
+# A whole run: pretraining, SFT, PPO on local Ray. One torch thread in this process: pretraining and
+# SFT run here, next to the Ray workers, on 2 cores.
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def test_ppo_improves_held_out_success_on_reach(tmp_path):
     cfg = load_config(
         CONFIGS / "reach.yaml",
         [
-            "pretrain.episodes=600",
+            "pretrain.episodes=300",
             "pretrain.epochs=8",
             "sft.demos=60",
-            "sft.steps=800",
-            "train.updates=25",
+            "sft.steps=400",
+            "train.updates=16",
             "train.eval_every=0",
         ],
     )
