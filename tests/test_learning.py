@@ -9,8 +9,8 @@ from asyncvla.train import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-# A whole run: pretraining, SFT, PPO on local Ray. One torch thread in this process: pretraining and
-# SFT run here, next to the Ray workers, on 2 cores.
+# A whole run: pretraining, SFT, PPO on local Ray. One torch thread in this process, where pretraining
+# and SFT run: more threads only contend for the 2 cores.
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.usefixtures("one_torch_thread")]
 
 
