@@ -33,8 +33,9 @@ $(LIBERO_STAMP): $(STAMP)
 
 libero: $(LIBERO_STAMP)
 
+# `make demo ARGS="seed=11"` passes key=value overrides to the run.
 demo: $(STAMP)
-	$(BIN)/asyncvla train configs/quickstart.yaml --run-dir runs/quickstart-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/asyncvla train configs/quickstart.yaml $(ARGS) --run-dir runs/quickstart-$$(date +%Y%m%d-%H%M%S)
 
 # Sync vs async on the quickstart from one SFT checkpoint (about 25 min on 2 cores).
 compare: $(STAMP)
