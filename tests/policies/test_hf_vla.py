@@ -17,7 +17,7 @@ from asyncvla.policies import load_policy, make_policy, save_policy
 from asyncvla.policies.hf_tiny import N_BINS, build_tiny_checkpoint
 from asyncvla.policies.hf_vla import HFVLA, PROMPT, CheckpointError
 from asyncvla.runtime.env_worker import EnvManager
-from asyncvla.runtime.trainer import Trainer
+from asyncvla.runtime.learner import Learner
 from asyncvla.runtime.types import ActionReply
 from asyncvla.runtime.weights import pack, unpack
 from asyncvla.train import train
@@ -198,7 +198,7 @@ def test_ppo_update_changes_weights_and_save_load_round_trip(ckpt, tmp_path):
         )
     m.shutdown()
     before = {k: v.clone() for k, v in p.state_dict().items()}
-    metrics = Trainer(p, cfg.algo, seed=0).train(segs)
+    metrics = Learner(p, cfg.algo, seed=0).train(segs)
     assert p.version == 1 and metrics["train_samples"] == 8
     moved = [k for k, v in p.state_dict().items() if not torch.equal(v, before[k])]
     assert any(k.startswith("model.") for k in moved) and any(k.startswith("value_head") for k in moved)
