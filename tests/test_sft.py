@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from asyncvla.builder import build_policy, probe_env
 from asyncvla.config import load_config
 from asyncvla.sft import behaviour_clone, collect_demos, pretrain_grounding
-from asyncvla.builder import build_policy, probe_env
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

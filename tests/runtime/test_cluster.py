@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# A cluster of its own (`ray start`, then `ray stop`) and whole training runs.
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
 BIN = Path(sys.executable).parent
 
 
