@@ -18,11 +18,11 @@ def test_ppo_improves_held_out_success_on_reach(tmp_path):
     cfg = load_config(
         CONFIGS / "reach.yaml",
         [
-            "pretrain.episodes=600",
+            "pretrain.episodes=300",
             "pretrain.epochs=8",
             "sft.demos=60",
-            "sft.steps=800",
-            "train.updates=25",
+            "sft.steps=400",
+            "train.updates=16",
             "train.eval_every=0",
         ],
     )
