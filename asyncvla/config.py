@@ -110,6 +110,10 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(10, ge=1)
     torch_threads: int = Field(0, ge=0)
     """torch intra-op threads of the driver process (0: leave torch's default)."""
+    cache_features: bool = True
+    """Compute the frozen part's features (``Policy.frozen_features``) once per sample per update
+    and reuse them across epochs, minibatches and the proximal recompute (false: recompute them
+    in every forward pass; the same values)."""
 
 
 class EvalConfig(_Strict):

@@ -169,7 +169,12 @@ class EmulatedPolicy(Policy):
             h.occupy(seconds)
         return out
 
-    def evaluate(self, obs: ObsBatch, actions: np.ndarray | torch.Tensor) -> EvalOutput:
+    def evaluate(
+        self,
+        obs: ObsBatch,
+        actions: np.ndarray | torch.Tensor,
+        features: dict[str, torch.Tensor] | None = None,
+    ) -> EvalOutput:
         a = torch.as_tensor(np.asarray(actions) if not isinstance(actions, torch.Tensor) else actions)
         a = a.float()
         b = int(a.shape[0])

@@ -58,8 +58,25 @@ class Policy(nn.Module, ABC):
         """Sample (or, deterministically, take the mode of) an action chunk per observation."""
 
     @abstractmethod
-    def evaluate(self, obs: ObsBatch, actions: np.ndarray | torch.Tensor) -> EvalOutput:
-        """Log-probs, entropy and values of ``actions`` [B, K, A] under the current weights."""
+    def evaluate(
+        self,
+        obs: ObsBatch,
+        actions: np.ndarray | torch.Tensor,
+        features: dict[str, torch.Tensor] | None = None,
+    ) -> EvalOutput:
+        """Log-probs, entropy and values of ``actions`` [B, K, A] under the current weights.
+
+        ``features``: this policy's own ``frozen_features`` of the same observations (rows in the
+        same order); the frozen part is then read from them instead of being recomputed, with the
+        same result."""
+
+    def frozen_features(self, obs: ObsBatch) -> dict[str, torch.Tensor] | None:
+        """Outputs of the frozen part of the network (parameters with ``requires_grad=False``), one
+        row per observation along dim 0, for ``evaluate(..., features=...)``. The trainer computes
+        them once per sample per update and reuses them across epochs, minibatches and the proximal
+        recompute; rows may be taken and concatenated freely. None (the default): nothing to reuse.
+        """
+        return None
 
     def on_placed(self, role: str) -> None:  # noqa: B027 (optional hook, empty by default)
         """Called by the runtime once a worker holds this copy (``"rollout"`` or ``"trainer"``)."""

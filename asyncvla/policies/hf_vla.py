@@ -418,7 +418,12 @@ class HFVLA(Policy):
             version=self.version,
         )
 
-    def evaluate(self, obs: ObsBatch, actions: np.ndarray | torch.Tensor) -> EvalOutput:
+    def evaluate(
+        self,
+        obs: ObsBatch,
+        actions: np.ndarray | torch.Tensor,
+        features: dict[str, torch.Tensor] | None = None,
+    ) -> EvalOutput:
         actions = torch.as_tensor(
             actions if torch.is_tensor(actions) else np.asarray(actions, dtype=np.float32)
         ).to(self.device, torch.float32)

@@ -344,20 +344,27 @@ class TinyVLA(Policy):
         """
         return self._ground(obs)[-1][0]
 
+    def _ids(self, obs: ObsBatch, b: int) -> torch.Tensor:
+        """Instruction token ids long [B, max_instruction_len] (padded at the end)."""
+        ids = self.tokenizer.encode_batch(list(obs["instruction"]))
+        if ids.shape[0] != b:
+            raise ValueError(f"got {ids.shape[0]} instructions for a batch of {b}")
+        return ids
+
+    def _words(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Word embeddings [B, L, W] and padding mask [B, L] of ids [B, L_max]. Padding is at the
+        end; dropping the all-pad columns of the batch changes nothing (they are masked) but
+        shortens the sequence the transformer runs on."""
+        n_words = max(1, int((ids != PAD_ID).sum(1).max()))
+        ids = ids[:, :n_words].to(self.device)
+        return self.word_emb(ids), ids == PAD_ID
+
     def _ground(self, obs: ObsBatch) -> tuple[torch.Tensor, ...]:
         """The vision-language part: state [B, S], word embeddings [B, L, W] and padding [B, L],
         the last CNN map [n_cams * B, C, g, g] and keypoints [n_cams, B, n_kp, 2]."""
         state = self._state(obs)
         b = state.shape[0]
-        ids = self.tokenizer.encode_batch(list(obs["instruction"]))
-        if ids.shape[0] != b:
-            raise ValueError(f"got {ids.shape[0]} instructions for a batch of {b}")
-        # Padding is at the end; dropping the all-pad columns of the batch changes nothing (they
-        # are masked) but shortens the sequence the transformer runs on.
-        n_words = max(1, int((ids != PAD_ID).sum(1).max()))
-        ids = ids[:, :n_words].to(self.device)
-        pad = ids == PAD_ID
-        words = self.word_emb(ids)
+        words, pad = self._words(self._ids(obs, b))
         pooled = self.pool_instruction(words, pad)
 
         n_cams = len(self.image_keys)
@@ -377,10 +384,37 @@ class TinyVLA(Policy):
             points = attn @ self.kp_xy + (attn[..., None] * offset).sum(2)
         return state, words, pad, fmap, points.view(n_cams, b, self.n_keypoints, 2)
 
-    def _encode(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        state, words, pad, fmap, points = self._ground(obs)
-        b, n_words, n_cams = state.shape[0], words.shape[1], len(self.image_keys)
-        patches = self.patch_proj(self.fusion_pool(fmap).flatten(2).transpose(1, 2)) + self.patch_pos
+    def frozen_features(self, obs: ObsBatch) -> dict[str, torch.Tensor] | None:
+        """With ``freeze_encoder`` the whole vision-language part is frozen: its outputs per
+        observation are the instruction ids [B, L_max], the pooled image-token maps
+        [B, n_cams, C, s, s] and the keypoints [B, n_cams, n_kp, 2] (``_encode`` reads them back)."""
+        if not self._kwargs["freeze_encoder"]:
+            return None
+        with torch.no_grad():
+            state, words, pad, fmap, points = self._ground(obs)
+            b, n_cams = state.shape[0], len(self.image_keys)
+            tokens_map = self.fusion_pool(fmap)
+            return {
+                "ids": self._ids(obs, b),
+                "tokens_map": tokens_map.view(n_cams, b, *tokens_map.shape[1:]).transpose(0, 1).contiguous(),
+                "points": points.transpose(0, 1).contiguous(),
+            }
+
+    def _encode(
+        self, obs: ObsBatch, cached: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n_cams = len(self.image_keys)
+        if cached is None:
+            state, words, pad, fmap, points = self._ground(obs)
+            tokens_map = self.fusion_pool(fmap)
+        else:  # the same tensors, rebuilt camera-major from ``frozen_features`` rows
+            state = self._state(obs)
+            words, pad = self._words(cached["ids"])
+            tm = cached["tokens_map"].to(self.device)
+            tokens_map = tm.transpose(0, 1).reshape(n_cams * tm.shape[0], *tm.shape[2:])
+            points = cached["points"].to(self.device).transpose(0, 1).contiguous()
+        b, n_words = state.shape[0], words.shape[1]
+        patches = self.patch_proj(tokens_map.flatten(2).transpose(1, 2)) + self.patch_pos
         # [n_cams * B, P, W] -> [B, n_cams * P, W], with a per-camera embedding.
         patches = (patches.view(n_cams, b, -1, self.width) + self.camera_emb[:, None]).transpose(0, 1)
         patches = patches.reshape(b, -1, self.width)
@@ -433,13 +467,18 @@ class TinyVLA(Policy):
             version=self.version,
         )
 
-    def evaluate(self, obs: ObsBatch, actions: np.ndarray | torch.Tensor) -> EvalOutput:
+    def evaluate(
+        self,
+        obs: ObsBatch,
+        actions: np.ndarray | torch.Tensor,
+        features: dict[str, torch.Tensor] | None = None,
+    ) -> EvalOutput:
         """Differentiable log-probs / entropy [B, K, A] of ``actions`` [B, K, A] and values [B]."""
         actions = torch.as_tensor(
             actions if torch.is_tensor(actions) else np.asarray(actions, dtype=np.float32)
         )
         actions = actions.to(self.device, torch.float32)
-        feats = self.features(obs)
+        feats = self._encode(obs, features)[0]
         expected = (feats.shape[0], self.chunk_size, self.action_dim)
         if tuple(actions.shape) != expected:
             raise ValueError(f"actions must be {list(expected)}, got {list(actions.shape)}")

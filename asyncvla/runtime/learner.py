@@ -45,11 +45,18 @@ COLUMNS = ("actions", "log_probs", "values", "adv", "ret", "versions")
 
 class Samples:
     """Flat training samples: obs [N, ...] and columns actions [N, K, A], behaviour log-probs,
-    values, advantages, returns, versions (and, once computed, proximal log-probs ``prox``)."""
+    values, advantages, returns, versions (and, once computed, proximal log-probs ``prox``);
+    ``feats``: the policy's ``frozen_features`` of ``obs`` (None: not cached)."""
 
-    def __init__(self, obs: ObsBatch | None, data: dict[str, np.ndarray]) -> None:
+    def __init__(
+        self,
+        obs: ObsBatch | None,
+        data: dict[str, np.ndarray],
+        feats: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         self.obs = obs
         self.data = data
+        self.feats = feats
         self.size = len(data["adv"]) if data else 0
 
     @classmethod
@@ -79,12 +86,21 @@ class Samples:
         if len(parts) == 1:
             return parts[0]
         keys = set.intersection(*(set(p.data) for p in parts))
+        feats = None
+        if all(p.feats is not None for p in parts):
+            feats = {k: torch.cat([p.feats[k] for p in parts]) for k in parts[0].feats}
         return Samples(
-            concat_obs([p.obs for p in parts]), {k: np.concatenate([p.data[k] for p in parts]) for k in keys}
+            concat_obs([p.obs for p in parts]),
+            {k: np.concatenate([p.data[k] for p in parts]) for k in keys},
+            feats,
         )
 
     def take(self, idx: np.ndarray) -> Samples:
-        return Samples(take_obs(self.obs, idx), {k: v[idx] for k, v in self.data.items()})
+        feats = None
+        if self.feats is not None:
+            rows = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+            feats = {k: v[rows] for k, v in self.feats.items()}
+        return Samples(take_obs(self.obs, idx), {k: v[idx] for k, v in self.data.items()}, feats)
 
     def split(self, n: int) -> tuple[Samples, Samples]:
         head, tail = np.arange(min(n, self.size)), np.arange(min(n, self.size), self.size)
@@ -104,9 +120,13 @@ class Learner:
         seed: int = 0,
         max_staleness: int | None = None,
         micro_batch: int | None = None,
+        cache_features: bool = True,
     ) -> None:
-        """``total_updates``: the horizon of the linear learning-rate decay (None: constant)."""
+        """``total_updates``: the horizon of the linear learning-rate decay (None: constant).
+        ``cache_features``: compute the policy's ``frozen_features`` once per sample per update and
+        reuse them in every forward pass of that update (False: recompute them each time)."""
         self.policy = policy
+        self.cache_features = cache_features
         self.algo = algo
         self.method = make_algo(algo)
         self.max_staleness = max_staleness
@@ -155,7 +175,20 @@ class Learner:
         for k in ("success", "return", "length"):
             stats.setdefault("episodes_" + k, []).extend(seg.episodes[k])
         adv, ret = self.method.advantages(seg, self.bootstrap_values(seg))
-        return Samples.from_segment(seg, adv, ret, ok)
+        s = Samples.from_segment(seg, adv, ret, ok)
+        if self.cache_features and s.size:
+            s.feats = self._frozen_features(s)
+        return s
+
+    def _frozen_features(self, s: Samples) -> dict[str, torch.Tensor] | None:
+        """The policy's ``frozen_features`` of every sample, computed in micro-batches."""
+        parts = []
+        for i in range(0, s.size, self.micro_batch):
+            f = self.policy.frozen_features(take_obs(s.obs, np.arange(i, min(i + self.micro_batch, s.size))))
+            if f is None:
+                return None
+            parts.append(f)
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     @torch.no_grad()
     def _recompute_proximal(self, s: Samples) -> None:
@@ -169,7 +202,7 @@ class Learner:
                 idx = stale[i : i + self.micro_batch]
                 sub = s.take(idx)
                 prox[idx] = self.policy.evaluate(
-                    sub.obs, torch.from_numpy(sub.data["actions"])
+                    sub.obs, torch.from_numpy(sub.data["actions"]), features=sub.feats
                 ).log_probs.numpy()
             self.policy.train(was)
         s.data["prox"] = prox
@@ -181,7 +214,7 @@ class Learner:
         as ``mb.data["prox"]`` (the streamer's free recomputation)."""
         algo = self.algo
         t = mb.tensors()
-        out = self.policy.evaluate(mb.obs, t["actions"])
+        out = self.policy.evaluate(mb.obs, t["actions"], features=mb.feats)
         behaviour = t["log_probs"]
         gap = (self.version - t["versions"]).clamp_min(0)
         if algo.proximal == "interpolate":

@@ -68,6 +68,7 @@ class Trainer:
             seed=cfg.seed + start["update"],
             max_staleness=eta,
             micro_batch=cfg.algo.minibatch_size,
+            cache_features=cfg.train.cache_features,
         )
         if spec.optimizer_dir:
             self.learner.load_optimizer(Path(spec.optimizer_dir))

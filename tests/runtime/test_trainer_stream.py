@@ -6,9 +6,8 @@ import torch
 
 from asyncvla.builder import build_policy, probe_env
 from asyncvla.config import load_config
-from asyncvla.runtime.env_worker import EnvManager
 from asyncvla.runtime.learner import Learner
-from asyncvla.runtime.types import ActionReply
+from tests.runtime.segments import act_segments
 
 TINY = [
     "env.num_envs=4",
@@ -30,16 +29,7 @@ def _setup(overrides, segments=2):
     probe = probe_env(cfg)
     torch.manual_seed(0)
     policy = build_policy(cfg, probe)
-    m = EnvManager(0, "tabletop", N_ENVS, {"family": "reach"}, rollout_steps=T, seed=0)
-    segs = []
-    while len(segs) < segments:
-        (req,) = m.request()
-        out = policy.act(req.obs)
-        segs += m.apply(
-            ActionReply(0, req.request_id, req.env_ids, out.actions, out.log_probs, out.values, 0)
-        )
-    m.shutdown()
-    return cfg, policy, segs
+    return cfg, policy, act_segments(policy, segments, num_envs=N_ENVS, rollout_steps=T)
 
 
 def test_streaming_micro_batches_equal_one_full_batch_step():

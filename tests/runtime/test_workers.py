@@ -9,15 +9,16 @@ import torch
 
 from asyncvla.builder import build_policy
 from asyncvla.config import load_config
-from asyncvla.runtime.env_worker import EnvManager, EnvWorker
+from asyncvla.runtime.env_worker import EnvWorker
 from asyncvla.runtime.events import EventBuffer
 from asyncvla.runtime.gate import StalenessGate
 from asyncvla.runtime.placement import worker_specs
 from asyncvla.runtime.rollout_worker import RolloutSpec, RolloutWorker
 from asyncvla.runtime.trainer import Trainer, TrainerSpec
-from asyncvla.runtime.types import ActionReply, ObsRequest
+from asyncvla.runtime.types import ObsRequest
 from asyncvla.runtime.weights import PolicySpec
 from tests.runtime.local import LocalTransport
+from tests.runtime.segments import act_segments
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -80,15 +81,7 @@ def test_env_worker_rollout_worker_and_trainer_run_a_schedule_in_one_process():
 
 def _segments(cfg, pspec, n=4):
     """Four segments of T decisions of one manager, acted at version 0."""
-    policy = pspec.build("rollout")
-    m = EnvManager(0, "tabletop", 4, {"family": "reach"}, rollout_steps=3, seed=0)
-    segs = []
-    while len(segs) < n:
-        (req,) = m.request()
-        out = policy.act(req.obs)
-        segs += m.apply(
-            ActionReply(0, req.request_id, req.env_ids, out.actions, out.log_probs, out.values, 0)
-        )
+    segs = act_segments(pspec.build("rollout"), n)
     # two global batches of two tickets each: (ticket, target version, closes, batch tickets)
     for seg, (tid, u, closes, k) in zip(
         segs, [(0, 0, False, 0), (1, 0, True, 2), (2, 1, False, 0), (3, 1, True, 2)], strict=True

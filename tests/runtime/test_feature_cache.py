@@ -1,0 +1,115 @@
+"""Frozen-feature caching: the cached path computes exactly what the uncached one does, and the
+frozen part runs once per sample per update instead of once per forward pass.
+
+Exact equality needs every matrix product to see the same kernels in both paths: CPU BLAS picks
+other kernels for very small row counts (1-2 rows), which changes the last bits of a row whether
+or not anything is cached. So every micro-batch and minibatch here holds 8 samples."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from asyncvla.builder import build_policy, probe_env
+from asyncvla.config import load_config
+from asyncvla.policies.tiny_vla import TinyVLA
+from asyncvla.runtime.learner import Learner
+from asyncvla.runtime.types import take_obs
+from tests.runtime.segments import act_segments
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+BASE = [
+    "env.kwargs.family=object",  # instructions of 7, 10 and 11 words: minibatches trim differently
+    "policy.kwargs.image_grid=4",
+    "policy.kwargs.fusion_grid=2",
+    "policy.kwargs.freeze_encoder=true",
+    "policy.kwargs.ee_xy_dims=[0,1]",
+    "policy.kwargs.head=gaussian",
+    "algo.epochs=3",
+    "algo.minibatch_size=8",  # 3 segments x 4 envs x 4 decisions = 48 samples: 6 minibatches
+]
+N = 48
+
+
+def _setup(overrides=()):
+    cfg = load_config(None, [*BASE, *overrides])
+    torch.manual_seed(0)
+    policy = build_policy(cfg, probe_env(cfg))
+    segs = act_segments(policy, 3, family="object", num_envs=4, rollout_steps=4)
+    return cfg, policy, segs
+
+
+def _count_ground(monkeypatch):
+    calls = []
+    real = TinyVLA._ground
+
+    def counted(self, obs):
+        calls.append(len(obs["state"]))
+        return real(self, obs)
+
+    monkeypatch.setattr(TinyVLA, "_ground", counted)
+    return calls
+
+
+def test_evaluate_from_cached_rows_equals_evaluate_from_observations():
+    cfg, policy, segs = _setup()
+    obs = segs[0].flat_obs()
+    n = len(obs["state"])
+    actions = torch.from_numpy(segs[0].actions.reshape(n, *segs[0].actions.shape[2:]))
+    feats = policy.frozen_features(obs)
+    assert feats is not None and all(v.shape[0] == n for v in feats.values())
+    idx = np.random.default_rng(0).permutation(n)[:8]  # rows taken out of order, a subset
+    rows = {k: v[torch.from_numpy(idx)] for k, v in feats.items()}
+    plain = policy.evaluate(take_obs(obs, idx), actions[idx])
+    cached = policy.evaluate(take_obs(obs, idx), actions[idx], features=rows)
+    for name in ("log_probs", "entropy", "values"):
+        assert torch.equal(getattr(plain, name), getattr(cached, name)), name
+    # The cache is read, not ignored: features of other observations change the output.
+    other = {k: v.roll(1, dims=0) for k, v in rows.items()}
+    shifted = policy.evaluate(take_obs(obs, idx), actions[idx], features=other)
+    assert not torch.equal(plain.log_probs, shifted.log_probs)
+
+
+def test_nothing_is_cached_when_nothing_is_frozen():
+    cfg, policy, segs = _setup(["policy.kwargs.freeze_encoder=false"])
+    assert policy.frozen_features(segs[0].flat_obs()) is None
+    learner = Learner(policy, cfg.algo, seed=0)
+    assert learner.samples(segs[0], {}).feats is None
+
+
+@pytest.mark.parametrize("streamer", [False, True])
+def test_cached_training_is_bit_identical_and_runs_the_frozen_part_once(monkeypatch, streamer):
+    cfg, policy, segs = _setup(["algo.off_policy=decoupled", "algo.proximal=recompute"])
+    for seg in segs[1:]:
+        seg.versions[:] = -1  # one version behind the learner: proximal log-probs are recomputed
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    calls = _count_ground(monkeypatch)
+    runs = {}
+    for cache in (False, True):
+        pol = copy.deepcopy(policy)
+        learner = Learner(pol, cfg.algo, seed=0, max_staleness=1, cache_features=cache)
+        calls.clear()
+        if streamer:
+            for seg in segs:
+                learner.stream_add(seg)
+            metrics = learner.stream_finish()
+        else:
+            metrics = learner.train(segs)
+        runs[cache] = (metrics, pol.state_dict(), list(calls))
+
+    (m0, w0, calls0), (m1, w1, calls1) = runs[False], runs[True]
+    assert m0["train_samples"] == m1["train_samples"] == N
+    for k in ("loss_policy", "loss_value", "entropy", "approx_kl", "clipfrac", "grad_norm"):
+        assert m0[k] == m1[k], k
+    changed = False
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+        changed |= not torch.equal(w0[k], before[k])
+    assert changed, "the update did not move the weights: the comparison would be vacuous"
+    # Cached: the frozen part runs once per sample (each segment's 16 in micro-batches of 8), plus
+    # once per segment for the 4 bootstrap observations.
+    assert sorted(calls1) == sorted([8, 8, 4] * 3)
+    # Uncached: every forward pass runs it again (epochs x samples, plus the recompute if any).
+    assert sum(calls0) >= cfg.algo.epochs * N
