@@ -32,6 +32,17 @@ def _interruptible() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _seed_list(text: str) -> list[int]:
+    """``11,22,33`` -> [11, 22, 33]; anything else fails at start with one line."""
+    try:
+        seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        _fail(ConfigError(f"--seeds: distinct comma-separated integers >= 0, got {text!r}"))
+    return seeds
+
+
 def _fail(e: Exception) -> None:
     # One line, exit code 2: the contract for any bad input at start.
     print(f"error: {e}", file=sys.stderr)
@@ -89,9 +100,17 @@ def compare(
         None, "--out", help="Output directory (default runs/<name>-compare-<time>)."
     ),
     address: str | None = typer.Option(None, "--address", help="Join a Ray cluster (auto or HOST:PORT)."),
+    seeds: str | None = typer.Option(
+        None,
+        "--seeds",
+        help="Comma-separated seeds (e.g. 11,22,33): one comparison per seed (everything reseeded), "
+        "then mean, min and bootstrap intervals over seeds in seeds.json.",
+    ),
 ) -> None:
     """Run the same config in sync and in async mode from one SFT start and compare them."""
     import time
+
+    seed_list = _seed_list(seeds) if seeds is not None else None
 
     from asyncvla.runtime.rayenv import prepare_ray_env
 
@@ -99,11 +118,15 @@ def compare(
     prepare_ray_env(address)
     from asyncvla.runtime.launcher import WorkerError
     from asyncvla.train import compare as run_compare
+    from asyncvla.train import compare_seeds
 
     cfg = _config(config, [*(overrides or []), *([f"runtime.address={address}"] if address else [])])
     path = out or Path("runs") / f"{cfg.name}-compare-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        run_compare(cfg, path, console=console)
+        if seed_list is None:
+            run_compare(cfg, path, console=console)
+        else:
+            compare_seeds(cfg, path, seed_list, console=console)
     except (ConfigError, FileExistsError, FileNotFoundError) as e:
         _fail(e)
     except WorkerError as e:

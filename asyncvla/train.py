@@ -15,9 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from asyncvla.builder import build_policy, evaluate, probe_env
-from asyncvla.config import Config, ConfigError
+from asyncvla.config import DATA_SEED_STRIDE, Config, ConfigError
 from asyncvla.policies import Policy, load_policy, save_policy
-from asyncvla.rundir import RunDir
+from asyncvla.rundir import RunDir, atomic_write_text
 from asyncvla.runtime.driver import run_schedule
 from asyncvla.runtime.launcher import load_weights
 from asyncvla.runtime.types import concat_obs
@@ -31,7 +31,11 @@ def run_sft(cfg: Config, policy: Policy, out_dir: Path, console: Console) -> dic
     if cfg.pretrain.enabled:
         info.update(run_pretrain(cfg, policy, console))
     obs, actions, expert_sr = collect_demos(
-        cfg.env.name, cfg.env.kwargs, cfg.sft.demos, cfg.policy.chunk_size, cfg.sft.seed_offset
+        cfg.env.name,
+        cfg.env.kwargs,
+        cfg.sft.demos,
+        cfg.policy.chunk_size,
+        cfg.sft.seed_offset + DATA_SEED_STRIDE * cfg.seed,
     )
     console.print(
         f"SFT: {cfg.sft.demos} expert demos ({len(actions)} decisions, expert success {expert_sr:.2f})"
@@ -69,7 +73,7 @@ def run_pretrain(cfg: Config, policy: Policy, console: Console) -> dict[str, flo
             kwargs,
             cfg.pretrain.episodes,
             cfg.policy.chunk_size,
-            cfg.pretrain.seed_offset + j * 100_000,
+            cfg.pretrain.seed_offset + j * 100_000 + DATA_SEED_STRIDE * cfg.seed,
             with_points=True,
         )
         parts.append((obs, points))
@@ -151,6 +155,7 @@ def train(
             policy = load_policy(cfg.train.init)
         init_eval = evaluate(cfg, policy, cfg.eval.episodes)
         state["sft_success_rate"] = init_eval["success_rate"]
+        state["sft_success_ci95"] = [init_eval["success_ci95_low"], init_eval["success_ci95_high"]]
         console.print(
             f"initial policy: held-out success {init_eval['success_rate']:.2f} "
             f"over {cfg.eval.episodes} episodes"
@@ -196,7 +201,9 @@ def train(
         "env_steps_per_s": state["env_steps"] / max(state["wall_s"], 1e-9),
         "decisions_per_s": acc["state"].get("decisions", 0) / max(state["wall_s"], 1e-9),
         "sft_success_rate": state.get("sft_success_rate"),
+        "sft_success_ci95": state.get("sft_success_ci95"),
         "final_success_rate": final["success_rate"],
+        "final_success_ci95": [final["success_ci95_low"], final["success_ci95_high"]],
         "final_episode_return": final["episode_return"],
         "final_episode_cost": final["episode_cost"],
         "eval_episodes": cfg.eval.episodes,
@@ -287,6 +294,8 @@ def compare(cfg: Config, out: Path, console: Console | None = None) -> dict[str,
 
 _COMPARE_KEYS = (
     "final_success_rate",
+    "final_success_ci95",
+    "eval_episodes",
     "samples_trained",
     "sft_success_rate",
     "env_steps",
@@ -296,3 +305,53 @@ _COMPARE_KEYS = (
     "max_staleness",
     "samples_rejected",
 )
+
+
+def compare_seeds(cfg: Config, out: Path, seeds: list[int], console: Console | None = None) -> dict[str, Any]:
+    """``compare`` once per seed (pretraining, SFT and RL reseeded; sync and async share each
+    seed's SFT checkpoint), then the mean, spread and bootstrap intervals over seeds
+    (``seeds.py``); writes ``seeds.json``."""
+    from rich.table import Table
+
+    from asyncvla.seeds import seed_statistics
+
+    console = console or Console()
+    out = Path(out)
+    if (out / "seeds.json").exists():
+        raise FileExistsError(f"{out} already holds a seed comparison; choose another --out")
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ConfigError(f"--seeds: give distinct seeds, got {seeds}")
+    per_seed = []
+    for s in seeds:
+        c = cfg.model_copy(deep=True)
+        c.seed = s
+        console.rule(f"seed {s}")
+        per_seed.append({"seed": s, **compare(c, out / f"seed-{s}", console=console)})
+    result = {"config": cfg.name, **seed_statistics(per_seed), "runs": per_seed}
+    gap = result["gap"]
+    result["checks"] = {
+        "async mean success >= sync mean - 0.03": gap["mean"] >= -0.03,
+        "gap interval contains 0": gap["ci95"][0] <= 0.0 <= gap["ci95"][1],
+    }
+    atomic_write_text(out / "seeds.json", json.dumps(result, indent=2))
+    table = Table(title=f"{len(seeds)} seeds: {cfg.name}")
+    for col in ("mode", "final success per seed", "mean", "min", "95% interval", "sft per seed"):
+        table.add_column(col)
+    for mode in ("sync", "async"):
+        r = result[mode]
+        table.add_row(
+            mode,
+            " / ".join(f"{v:.3f}" for v in r["final_success"]),
+            f"{r['mean']:.3f}",
+            f"{r['min']:.3f}",
+            f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]",
+            " / ".join(f"{v:.2f}" for v in r["sft_success"]),
+        )
+    console.print(table)
+    console.print(
+        f"async - sync: {gap['mean']:+.3f}, 95% interval [{gap['ci95'][0]:+.3f}, {gap['ci95'][1]:+.3f}]"
+    )
+    for name, ok in result["checks"].items():
+        console.print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    console.print(f"written: {out / 'seeds.json'}")
+    return result

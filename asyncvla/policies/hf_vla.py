@@ -39,6 +39,7 @@ the same function. Optional LoRA (``lora_rank > 0``) through ``peft``.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import warnings
@@ -230,7 +231,7 @@ class HFVLA(Policy):
                 raise ValueError("freeze_vision: this model has no vision_tower module")
             vision.requires_grad_(False)
         if lora_rank > 0:
-            self.model = _with_lora(model, lora_rank, lora_alpha, lora_target_modules)
+            self.model = _with_lora(model, lora_rank, lora_alpha, lora_target_modules, freeze_vision)
         self._extra: torch.Tensor | None = None
         self.model.get_input_embeddings().register_forward_hook(self._add_slot_embeddings)
         self._device = device
@@ -360,27 +361,67 @@ class HFVLA(Policy):
 
     # ------------------------------------------------------------------ model
 
-    def forward_heads(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bin logits float32 [B, K, A, 256] (divided by ``temperature``) and values [B]."""
+    def _autocast_ctx(self) -> contextlib.AbstractContextManager[Any]:
+        if self._autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._autocast)
+
+    def _cacheable_vision(self) -> bool:
+        """The vision tower is frozen (no LoRA adapters in it either) and the model takes
+        precomputed image features (a LLaVA-style ``multi_modal_projector`` and transformers'
+        ``mm_encoder_outputs``)."""
+        base = self._base()
+        vision = getattr(base, "vision_tower", None)
+        if vision is None or not hasattr(base, "multi_modal_projector"):
+            return False
+        if "mm_encoder_outputs" not in inspect.signature(base.forward).parameters:
+            return False
+        return not any(p.requires_grad for p in vision.parameters())
+
+    def frozen_features(self, obs: ObsBatch) -> dict[str, torch.Tensor] | None:
+        """With a frozen vision tower: its selected hidden states per observation, ``vision``
+        [B, n_cams, T, D_vision] (before the projector, which may train). None otherwise."""
+        if not self._cacheable_vision():
+            return None
+        base = self._base()
+        projector = base.multi_modal_projector
+        base.multi_modal_projector = nn.Identity()  # get_image_features then returns its input
+        try:
+            with torch.no_grad(), self._autocast_ctx():
+                feats = base.get_image_features(pixel_values=self._pixels(obs), return_dict=True)
+        finally:
+            base.multi_modal_projector = projector
+        vision = torch.stack(list(feats.pooler_output))  # [B * n_cams, T, D], sample-major
+        return {"vision": vision.view(-1, len(self.image_keys), *vision.shape[1:])}
+
+    def forward_heads(
+        self, obs: ObsBatch, features: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bin logits float32 [B, K, A, 256] (divided by ``temperature``) and values [B];
+        ``features``: ``frozen_features`` rows of ``obs`` (the vision tower is then skipped)."""
         ids, mask = self._text(obs)
-        pixels = self._pixels(obs)
         b, length = ids.shape
+        if features is None:
+            image_kw: dict[str, Any] = {"pixel_values": self._pixels(obs)}
+        else:
+            from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+            vision = features["vision"].to(self.device)
+            with self._autocast_ctx():
+                projected = self._base().multi_modal_projector(vision.flatten(0, 1))
+            image_kw = {
+                "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=list(projected))}
+            }
         slots = [self.query_emb.expand(b, -1, -1)]
         if self.proprio is not None:
             slots.insert(0, self.proprio(self._state(obs))[:, None])
         tail = torch.cat(slots, dim=1)
         extra = torch.cat([tail.new_zeros(b, length - tail.shape[1], tail.shape[2]), tail], dim=1)
         position_ids = (mask.cumsum(-1) - 1).clamp_(min=0)
-        dev = self.device.type
-        ctx = (
-            torch.autocast(dev, dtype=self._autocast)
-            if self._autocast is not None
-            else contextlib.nullcontext()
-        )
-        with ctx, self._slots(extra):
+        with self._autocast_ctx(), self._slots(extra):
             out = self._base()(
                 input_ids=ids,
-                pixel_values=pixels,
+                **image_kw,
                 attention_mask=mask,
                 position_ids=position_ids,
                 use_cache=False,
@@ -427,7 +468,7 @@ class HFVLA(Policy):
         actions = torch.as_tensor(
             actions if torch.is_tensor(actions) else np.asarray(actions, dtype=np.float32)
         ).to(self.device, torch.float32)
-        logits, values = self.forward_heads(obs)
+        logits, values = self.forward_heads(obs, features)
         expected = (logits.shape[0], self.chunk_size, self.action_dim)
         if tuple(actions.shape) != expected:
             raise ValueError(f"actions must be {list(expected)}, got {list(actions.shape)}")
@@ -511,7 +552,10 @@ def _image_preprocessing(d: Path, cfg: Any) -> tuple[tuple[int, int], list[float
     return hw, mean, std
 
 
-def _with_lora(model: nn.Module, rank: int, alpha: float | None, targets: str | list[str]) -> nn.Module:
+def _with_lora(
+    model: nn.Module, rank: int, alpha: float | None, targets: str | list[str], skip_vision: bool
+) -> nn.Module:
+    """peft LoRA adapters on ``targets``; ``skip_vision``: none inside the (frozen) vision tower."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
@@ -521,6 +565,7 @@ def _with_lora(model: nn.Module, rank: int, alpha: float | None, targets: str | 
         lora_alpha=float(alpha) if alpha is not None else float(rank),
         lora_dropout=0.0,
         target_modules=targets,
+        exclude_modules=r".*\bvision_tower\b.*" if skip_vision else None,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # peft calls a deprecated transformers alias

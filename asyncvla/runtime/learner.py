@@ -20,6 +20,10 @@ with u - v > max_staleness. Stale samples are corrected as ``algo.off_policy`` s
 The learning rate follows ``torch.optim.lr_scheduler.LambdaLR`` (linear decay to 0 over
 ``total_updates`` with ``algo.anneal_lr``), stepped once per update and checkpointed with the
 optimizer.
+
+Frozen features: when the policy has a frozen part (``Policy.frozen_features`` is not None), its
+outputs are computed once per sample as the sample arrives (in micro-batches) and every forward
+pass of the update reads them: E epochs, the proximal recompute and the streamer's first pass.
 """
 
 from __future__ import annotations

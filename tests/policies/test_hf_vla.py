@@ -301,3 +301,48 @@ def test_short_train_run_finishes(ckpt, tmp_path, mode, lora_rank):
     start = make_policy("hf_vla", **q.init_kwargs())
     assert len(q.state_dict()) == len(start.state_dict())
     assert any(not torch.equal(v, start.state_dict()[k]) for k, v in q.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- frozen-feature cache
+
+
+def test_frozen_vision_features_give_the_same_outputs_and_gradients(ckpt):
+    p = policy(ckpt, freeze_vision=True, image_keys=["image", "wrist_image"])
+    sharpen(p)
+    obs = fake_obs(8)
+    obs["wrist_image"] = fake_obs(8, seed=3)["image"]
+    feats = p.frozen_features(obs)
+    assert feats is not None and feats["vision"].shape[:2] == (8, 2)
+    actions = p.act(obs).actions
+    p.train()
+    rows = torch.arange(8).flip(0)  # rows taken in another order, as the trainer does
+    sub = {k: (v[rows.numpy()] if not isinstance(v, list) else [v[i] for i in rows]) for k, v in obs.items()}
+    plain = p.evaluate(sub, actions[rows.numpy()])
+    cached = p.evaluate(sub, actions[rows.numpy()], features={"vision": feats["vision"][rows]})
+    for name in ("log_probs", "entropy", "values"):
+        assert torch.equal(getattr(plain, name), getattr(cached, name)), name
+    # The projector still trains from cached features: same gradients as the uncached path.
+    grads = []
+    for out in (plain, cached):
+        p.zero_grad()
+        (out.log_probs.mean() + out.values.mean()).backward()
+        grads.append({n: t.grad.clone() for n, t in p.named_parameters() if t.grad is not None})
+    assert any("multi_modal_projector" in n for n in grads[1])
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
+    # Features of other observations change the output: the cache is read.
+    other = p.evaluate(sub, actions[rows.numpy()], features={"vision": feats["vision"][rows.roll(1)]})
+    assert not torch.equal(plain.log_probs, other.log_probs)
+
+
+def test_no_cache_when_the_vision_tower_trains_and_lora_skips_a_frozen_one(ckpt):
+    assert policy(ckpt).frozen_features(fake_obs(2)) is None  # full fine-tuning: nothing frozen
+    lora = policy(ckpt, lora_rank=2)  # all-linear adapters reach into the vision tower
+    assert any(t.requires_grad for t in lora._base().vision_tower.parameters())
+    assert lora.frozen_features(fake_obs(2)) is None
+    frozen = policy(ckpt, lora_rank=2, freeze_vision=True)
+    assert not any(t.requires_grad for t in frozen._base().vision_tower.parameters())
+    assert any(
+        "lora_" in n and "language_model" in n for n, t in frozen.named_parameters() if t.requires_grad
+    )
+    assert frozen.frozen_features(fake_obs(2)) is not None
