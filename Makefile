@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo compare test test-fast lint env-speed libero clean
+.PHONY: demo compare seeds test test-fast lint env-speed libero clean
 
 $(STAMP):
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,12 @@ demo: $(STAMP)
 # Sync vs async on the quickstart from one SFT checkpoint (about 25 min on 2 cores).
 compare: $(STAMP)
 	$(BIN)/asyncvla compare configs/quickstart.yaml --out runs/compare-$$(date +%Y%m%d-%H%M%S)
+
+# The quickstart from 3 independent seeds, sync and async on each seed's SFT checkpoint: mean, min
+# and bootstrap intervals of final success (seeds.json). `make seeds SEEDS=1,2,3,4,5` for others.
+SEEDS ?= 11,22,33
+seeds: $(STAMP)
+	$(BIN)/asyncvla compare configs/quickstart.yaml --seeds $(SEEDS) --out runs/seeds-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP) $(LIBERO_STAMP)
 	$(BIN)/python -m pytest -q -x

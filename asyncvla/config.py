@@ -114,6 +114,10 @@ class TrainConfig(_Strict):
     """Compute the frozen part's features (``Policy.frozen_features``) once per sample per update
     and reuse them across epochs, minibatches and the proximal recompute (false: recompute them
     in every forward pass; the same values)."""
+    ship_features: bool = True
+    """With ``cache_features``: rollout workers return those features with the actions (from the
+    forward they run anyway, where the policy supports it: TinyVLA) and segments carry them to the
+    trainer, which then skips its own pass over the frozen part."""
 
 
 class EvalConfig(_Strict):

@@ -150,7 +150,7 @@ class EmulatedPolicy(Policy):
         return Normal(mean, std)
 
     # -- the Policy interface ----------------------------------------------------------------------
-    def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOutput:
+    def act(self, obs: ObsBatch, deterministic: bool = False, with_features: bool = False) -> ActOutput:
         b = int(len(obs["state"]))
         role = self._role("rollout")
         seconds = self.stage_cost_s("act", b, role)

@@ -31,6 +31,9 @@ class ActOutput:
     """float32 [B], value estimates of the observations."""
     version: int
     """Policy version (number of optimizer steps of the weights) that produced the actions."""
+    features: dict[str, np.ndarray] | None = None
+    """``frozen_features`` of the observations (rows as in ``actions``) when ``act`` was asked for
+    them and the policy can return them from the forward it ran anyway; else None."""
 
 
 @dataclass
@@ -54,8 +57,10 @@ class Policy(nn.Module, ABC):
         self.version = 0
 
     @abstractmethod
-    def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOutput:
-        """Sample (or, deterministically, take the mode of) an action chunk per observation."""
+    def act(self, obs: ObsBatch, deterministic: bool = False, with_features: bool = False) -> ActOutput:
+        """Sample (or, deterministically, take the mode of) an action chunk per observation.
+        ``with_features``: also return ``frozen_features`` where this forward computes them anyway
+        (rollout workers ship them to the trainer with the segment)."""
 
     @abstractmethod
     def evaluate(

@@ -447,7 +447,7 @@ class HFVLA(Policy):
     # ------------------------------------------------------------------ interface
 
     @torch.inference_mode()
-    def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOutput:
+    def act(self, obs: ObsBatch, deterministic: bool = False, with_features: bool = False) -> ActOutput:
         logits, values = self.forward_heads(obs)
         dist = bins_distribution(logits)
         ids = sample_bins(dist.logits, deterministic)

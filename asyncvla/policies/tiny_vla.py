@@ -391,22 +391,34 @@ class TinyVLA(Policy):
         if not self._kwargs["freeze_encoder"]:
             return None
         with torch.no_grad():
-            state, words, pad, fmap, points = self._ground(obs)
-            b, n_cams = state.shape[0], len(self.image_keys)
-            tokens_map = self.fusion_pool(fmap)
-            return {
-                "ids": self._ids(obs, b),
-                "tokens_map": tokens_map.view(n_cams, b, *tokens_map.shape[1:]).transpose(0, 1).contiguous(),
-                "points": points.transpose(0, 1).contiguous(),
-            }
+            state, _, _, fmap, points = self._ground(obs)
+            return self._frozen_rows(obs, state.shape[0], self.fusion_pool(fmap), points)
+
+    def _frozen_rows(
+        self, obs: ObsBatch, b: int, tokens_map: torch.Tensor, points: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        n_cams = len(self.image_keys)
+        return {
+            "ids": self._ids(obs, b),
+            "tokens_map": tokens_map.view(n_cams, b, *tokens_map.shape[1:]).transpose(0, 1).contiguous(),
+            "points": points.transpose(0, 1).contiguous(),
+        }
 
     def _encode(
-        self, obs: ObsBatch, cached: dict[str, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        obs: ObsBatch,
+        cached: dict[str, torch.Tensor] | None = None,
+        keep_frozen: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
+        """Fused features [B, F], keypoints of the first camera and, with ``keep_frozen``, the
+        ``frozen_features`` rows of ``obs`` (else None)."""
         n_cams = len(self.image_keys)
+        frozen = None
         if cached is None:
             state, words, pad, fmap, points = self._ground(obs)
             tokens_map = self.fusion_pool(fmap)
+            if keep_frozen:
+                frozen = self._frozen_rows(obs, state.shape[0], tokens_map, points)
         else:  # the same tensors, rebuilt camera-major from ``frozen_features`` rows
             state = self._state(obs)
             words, pad = self._words(cached["ids"])
@@ -442,7 +454,7 @@ class TinyVLA(Policy):
         geo.append(state)
         kp_feat = self.keypoint_mlp(torch.cat([keypoints, *geo[1:]], dim=-1))
         feats = torch.cat([out[:, 0], out[:, 2 + n_words :].mean(1), kp_feat, *geo], dim=-1)
-        return feats, points[0]
+        return feats, points[0], frozen
 
     def pool_instruction(self, words: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """Word embeddings [B, L, W] and padding mask [B, L] -> a normalized summary [B, W].
@@ -455,9 +467,11 @@ class TinyVLA(Policy):
         return self.instr_norm(self.pool_proj(pooled))
 
     @torch.inference_mode()
-    def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOutput:
-        """Sample an action chunk: actions / log_probs float32 [B, K, A], values [B] (numpy)."""
-        feats = self.features(obs)
+    def act(self, obs: ObsBatch, deterministic: bool = False, with_features: bool = False) -> ActOutput:
+        """Sample an action chunk: actions / log_probs float32 [B, K, A], values [B] (numpy);
+        ``with_features`` (and ``freeze_encoder``): the frozen features too."""
+        keep = with_features and self._kwargs["freeze_encoder"]
+        feats, _, frozen = self._encode(obs, keep_frozen=keep)
         actions, log_probs = self.head.sample(self.head(feats[:, self.action_from :]), deterministic)
         values = self.value_head(feats).squeeze(-1)
         return ActOutput(
@@ -465,6 +479,7 @@ class TinyVLA(Policy):
             log_probs=log_probs.float().cpu().numpy(),
             values=values.float().cpu().numpy(),
             version=self.version,
+            features=None if frozen is None else {k: v.cpu().numpy() for k, v in frozen.items()},
         )
 
     def evaluate(

@@ -52,6 +52,13 @@ def manager_env_kwargs(env_name: str, env_kwargs: dict[str, Any], manager_id: in
     return {**env_kwargs, "seed": int(env_kwargs.get("seed", 0)) + manager_id}
 
 
+def _stack_features(steps: list[dict[str, np.ndarray] | None]) -> dict[str, np.ndarray] | None:
+    """Per-decision feature rows -> arrays [T, n, ...]; None unless every decision has them."""
+    if not steps or any(f is None for f in steps):
+        return None
+    return {k: np.stack([f[k] for f in steps]) for k in steps[0]}
+
+
 def _stack_obs(steps: list[ObsBatch]) -> ObsBatch:
     out: dict[str, Any] = {}
     for k in steps[0]:
@@ -133,6 +140,7 @@ class EnvManager:
                 "costs",
                 "versions",
                 "valid",
+                "features",
             )
         }
         self._buf_env_steps = 0
@@ -193,6 +201,7 @@ class EnvManager:
             batch_tickets=0 if t is None else t.batch_tickets,
             group_ids=None if self._group_ids is None else self._group_ids.copy(),
             episodes=self._episodes,
+            features=_stack_features(b["features"]),
         )
         self._segment_id += 1
         self.segments_total += 1
@@ -219,17 +228,21 @@ class EnvManager:
         self._replies[reply.shard] = reply
         return len(self._replies) == len(self.shards)
 
-    def _merged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _merged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
         if len(self.shards) == 1:
             r = self._replies[0]
-            return r.actions, r.log_probs, r.values, np.full(self.n, r.version, dtype=np.int64)
+            return r.actions, r.log_probs, r.values, np.full(self.n, r.version, dtype=np.int64), r.features
         parts = [self._replies[j] for j in range(len(self.shards))]
         versions = np.concatenate([np.full(len(r.env_ids), r.version, dtype=np.int64) for r in parts])
+        features = None
+        if all(r.features is not None for r in parts):
+            features = {k: np.concatenate([r.features[k] for r in parts]) for k in parts[0].features}
         return (
             np.concatenate([r.actions for r in parts]),
             np.concatenate([r.log_probs for r in parts]),
             np.concatenate([r.values for r in parts]),
             versions,
+            features,
         )
 
     def apply(self, replies: ActionReply | list[ActionReply]) -> list[Segment]:
@@ -240,7 +253,7 @@ class EnvManager:
             raise RuntimeError(
                 f"manager {self.manager_id}: {len(self._replies)}/{len(self.shards)} shards answered"
             )
-        actions, log_probs, values, versions = self._merged()
+        actions, log_probs, values, versions, features = self._merged()
         self._pending = None
         self._replies = {}
         out: list[Segment] = []
@@ -259,6 +272,7 @@ class EnvManager:
         b["costs"].append(np.where(valid, info["cost"], 0.0).astype(np.float32))
         b["versions"].append(versions)
         b["valid"].append(valid)
+        b["features"].append(features)
         self._buf_env_steps += int(steps.sum())
         self.env_steps_total += int(steps.sum())
 

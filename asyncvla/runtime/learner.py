@@ -62,6 +62,8 @@ class Samples:
         self.data = data
         self.feats = feats
         self.size = len(data["adv"]) if data else 0
+        self.index: np.ndarray | None = None
+        """For samples of one segment: their rows in the flattened segment."""
 
     @classmethod
     def empty(cls) -> Samples:
@@ -80,7 +82,9 @@ class Samples:
             "ret": ret.reshape(-1)[idx].astype(np.float32),
             "versions": seg.versions.reshape(-1)[idx],
         }
-        return cls(take_obs(seg.flat_obs(), idx), data)
+        out = cls(take_obs(seg.flat_obs(), idx), data)
+        out.index = idx
+        return out
 
     @staticmethod
     def concat(parts: list[Samples]) -> Samples:
@@ -181,8 +185,16 @@ class Learner:
         adv, ret = self.method.advantages(seg, self.bootstrap_values(seg))
         s = Samples.from_segment(seg, adv, ret, ok)
         if self.cache_features and s.size:
-            s.feats = self._frozen_features(s)
+            s.feats = self._shipped_features(seg, s) if seg.features is not None else self._frozen_features(s)
         return s
+
+    @staticmethod
+    def _shipped_features(seg: Segment, s: Samples) -> dict[str, torch.Tensor]:
+        """The rows of the segment's shipped features that ``s`` holds (the same selection)."""
+        return {
+            k: torch.from_numpy(np.ascontiguousarray(v.reshape(-1, *v.shape[2:])[s.index]))
+            for k, v in seg.features.items()
+        }
 
     def _frozen_features(self, s: Samples) -> dict[str, torch.Tensor] | None:
         """The policy's ``frozen_features`` of every sample, computed in micro-batches."""

@@ -60,6 +60,7 @@ class RolloutWorker:
             None if spec.static_shards is None else {tuple(s) for s in spec.static_shards},
         )
         self.max_staleness = eta
+        self.ship_features = cfg.train.cache_features and cfg.train.ship_features
         self.events = events or EventBuffer(f"rollout{spec.worker_id}", lambda evs: None)
         self.offer_pending: Offer | None = None
         self._throttled = False
@@ -149,7 +150,7 @@ class RolloutWorker:
     def infer(self, requests: list[ObsRequest], deterministic: bool = False) -> list[ActionReply]:
         """One forward over all requests' samples; each reply goes back to its own envs."""
         obs = concat_obs([r.obs for r in requests])
-        out = self.policy.act(obs, deterministic=deterministic)
+        out = self.policy.act(obs, deterministic=deterministic, with_features=self.ship_features)
         replies, start = [], 0
         for r in requests:
             sl = slice(start, start + len(r.env_ids))
@@ -163,6 +164,7 @@ class RolloutWorker:
                     values=out.values[sl],
                     version=out.version,
                     shard=r.shard,
+                    features=None if out.features is None else {k: v[sl] for k, v in out.features.items()},
                 )
             )
             start += len(r.env_ids)

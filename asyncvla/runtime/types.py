@@ -46,6 +46,8 @@ class ActionReply:
     version: int
     """Behaviour policy version."""
     shard: int = 0
+    features: dict[str, np.ndarray] | None = None
+    """The policy's ``frozen_features`` rows of the request's observations (``train.ship_features``)."""
 
 
 @dataclass
@@ -89,6 +91,9 @@ class Segment:
     """If ``closes_batch``: the number of segments in its global batch."""
     group_ids: np.ndarray | None = None
     """int64 [n] (GRPO, episode mode): envs with the same id started from the same init state."""
+    features: dict[str, np.ndarray] | None = None
+    """Each array [T, n, ...]: the policy's ``frozen_features`` of ``obs``, as the rollout workers
+    returned them (None unless every decision's reply carried them)."""
     episodes: dict[str, list[float]] = field(
         default_factory=lambda: {"return": [], "length": [], "success": []}
     )

@@ -113,3 +113,52 @@ def test_cached_training_is_bit_identical_and_runs_the_frozen_part_once(monkeypa
     assert sorted(calls1) == sorted([8, 8, 4] * 3)
     # Uncached: every forward pass runs it again (epochs x samples, plus the recompute if any).
     assert sum(calls0) >= cfg.algo.epochs * N
+
+
+def test_features_shipped_with_the_segment_replace_the_trainers_frozen_pass(monkeypatch):
+    cfg, policy, _ = _setup()
+    segs = act_segments(policy, 3, family="object", num_envs=8, rollout_steps=2, with_features=True)
+    seg = segs[0]
+    assert seg.features is not None and seg.features["tokens_map"].shape[:2] == (2, 8)
+    # The shipped rows are the policy's own frozen features of the segment's observations.
+    mine = policy.frozen_features(seg.flat_obs())
+    for k, v in mine.items():
+        assert torch.equal(torch.from_numpy(seg.features[k].reshape(v.shape)), v), k
+    calls = _count_ground(monkeypatch)
+    runs = {}
+    for shipped in (False, True):
+        data = segs if shipped else [copy.copy(s) for s in segs]
+        if not shipped:
+            for s in data:
+                s.features = None  # the trainer computes them itself
+        pol = copy.deepcopy(policy)
+        calls.clear()
+        metrics = Learner(pol, cfg.algo, seed=0, max_staleness=1).train(data)
+        runs[shipped] = (metrics, pol.state_dict(), list(calls))
+    (m0, w0, c0), (m1, w1, c1) = runs[False], runs[True]
+    assert m0["train_samples"] == m1["train_samples"] == 48
+    assert all(m0[k] == m1[k] for k in ("loss_policy", "loss_value", "entropy", "grad_norm"))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert sorted(c0) == sorted([8, 8, 8] * 3)  # its own frozen pass (16 rows in 2 micro-batches) + bootstrap
+    assert c1 == [8, 8, 8]  # only the bootstrap observations remain
+
+
+def test_rollout_worker_replies_carry_each_requests_own_feature_rows():
+    from asyncvla.runtime.rollout_worker import RolloutSpec, RolloutWorker
+    from asyncvla.runtime.types import ObsRequest
+    from asyncvla.runtime.weights import PolicySpec
+
+    cfg, policy, segs = _setup()
+    worker = RolloutWorker(cfg, RolloutSpec(worker_id=0), PolicySpec.of(policy, cfg.policy.name))
+    obs = segs[0].flat_obs()
+    a, b = np.arange(0, 3), np.arange(3, 8)
+    reqs = [ObsRequest(0, 1, a, take_obs(obs, a)), ObsRequest(1, 1, b + 100, take_obs(obs, b))]
+    replies = worker.infer(reqs)
+    full = policy.frozen_features(take_obs(obs, np.arange(8)))
+    for r, idx in zip(replies, (a, b), strict=True):
+        assert r.features is not None
+        for k, v in full.items():
+            np.testing.assert_allclose(r.features[k], v[idx].numpy(), rtol=0, atol=1e-6)
+    off = load_config(None, [*BASE, "train.ship_features=false"])
+    quiet = RolloutWorker(off, RolloutSpec(worker_id=0), PolicySpec.of(policy, off.policy.name))
+    assert all(r.features is None for r in quiet.infer(reqs))
