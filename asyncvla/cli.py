@@ -332,6 +332,33 @@ def env_speed(
     console.print_json(json.dumps({**result, "env": env, "env_kwargs": env_kwargs}))
 
 
+@app.command("trainer-speed")
+def trainer_speed(
+    config: Path = typer.Argument(..., help="YAML config file."),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides"),
+    init: Path | None = typer.Option(None, "--init", help="Policy checkpoint (default: fresh weights)."),
+    repeats: int = typer.Option(3, "--repeats", min=1),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch threads (0: torch's default)."),
+) -> None:
+    """Time one update of the trainer on one global batch: frozen part recomputed, cached, shipped."""
+    from asyncvla.bench.trainer_speed import measure
+    from asyncvla.builder import build_policy, probe_env
+    from asyncvla.policies import load_policy
+
+    cfg = _config(config, overrides or [])
+    try:
+        if init is not None:
+            policy = load_policy(init)
+        else:
+            import torch
+
+            torch.manual_seed(cfg.seed)
+            policy = build_policy(cfg, probe_env(cfg))
+    except (ConfigError, FileNotFoundError) as e:
+        _fail(e)
+    console.print_json(json.dumps(measure(cfg, policy, repeats=repeats, threads=threads)))
+
+
 def main() -> None:
     app()
 

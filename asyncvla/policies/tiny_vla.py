@@ -426,6 +426,9 @@ class TinyVLA(Policy):
             tokens_map = tm.transpose(0, 1).reshape(n_cams * tm.shape[0], *tm.shape[2:])
             points = cached["points"].to(self.device).transpose(0, 1).contiguous()
         b, n_words = state.shape[0], words.shape[1]
+        # One memory layout whichever way the map came (the CNN's output is channels-last, as its
+        # input images are): the projection then runs the same kernel, bit for bit, in both paths.
+        tokens_map = tokens_map.contiguous(memory_format=torch.channels_last)
         patches = self.patch_proj(tokens_map.flatten(2).transpose(1, 2)) + self.patch_pos
         # [n_cams * B, P, W] -> [B, n_cams * P, W], with a per-camera embedding.
         patches = (patches.view(n_cams, b, -1, self.width) + self.camera_emb[:, None]).transpose(0, 1)
