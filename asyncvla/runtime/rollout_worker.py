@@ -150,7 +150,9 @@ class RolloutWorker:
     def infer(self, requests: list[ObsRequest], deterministic: bool = False) -> list[ActionReply]:
         """One forward over all requests' samples; each reply goes back to its own envs."""
         obs = concat_obs([r.obs for r in requests])
-        out = self.policy.act(obs, deterministic=deterministic, with_features=self.ship_features)
+        out = self.policy.act(
+            obs, deterministic=deterministic, with_features=self.ship_features and not deterministic
+        )
         replies, start = [], 0
         for r in requests:
             sl = slice(start, start + len(r.env_ids))
