@@ -147,7 +147,8 @@ def bench(
         None,
         "--modes",
         help="Comma-separated modes (default: sync-colocated,sync-disaggregated,train-async,"
-        "rollout-async,streamer; extra: dynamic-batching).",
+        "rollout-async,streamer, and auto for emulated profiles: the mode the simulator predicts "
+        "fastest; extra: dynamic-batching).",
     ),
     out: Path | None = typer.Option(
         None, "--out", help="Output directory (default runs/bench-<workload>-<time>)."

@@ -425,12 +425,25 @@ def run_bench(
     from asyncvla.runtime.launcher import init_ray
 
     profile = load_profile(profile_path)
-    modes = list(modes or profile.all_modes())
-    for m in modes:
-        profile.mode_overrides(m)  # unknown modes fail before anything runs
+    emulated = not isinstance(profile, RealProfile)
+    modes = list(modes or [*profile.all_modes(), *(["auto"] if emulated else [])])
     if repeats < 1:
         raise ConfigError("repeats: must be >= 1")
     scale = profile.time_scale if time_scale is None else float(time_scale)
+    auto = None
+    if "auto" in modes:
+        if not emulated:
+            raise ConfigError("mode 'auto': needs the stage costs of an emulated profile")
+        from asyncvla.bench.auto import choose
+
+        auto = choose(profile, scale)
+        profile.modes["auto"] = auto["overrides"]
+        if console is not None:
+            console.print(
+                f"  auto: {auto['chosen']} (predicted {auto['predicted'][auto['chosen']]:.1f} env steps/s)"
+            )
+    for m in modes:
+        profile.mode_overrides(m)  # unknown modes fail before anything runs
     tuning = None
     if tune:
         from asyncvla.bench.tune import tune_profile
@@ -471,12 +484,16 @@ def run_bench(
         if started:
             ray.shutdown()
     result = summarize(profile, runs, scale)
+    for row in result["modes"]:
+        if auto is not None and row["name"] == "auto":
+            row["label"] = f"auto: {auto['chosen']}"
     result.update(
         repeats=repeats,
         updates_per_run=updates,
         warmup_updates=profile.warmup_updates,
         profile=str(profile_path),
         tune=tuning,
+        auto=auto,
     )
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     write_csv(result, out / "bench.csv")
