@@ -1,15 +1,18 @@
 """The bench's ``auto`` mode: chosen by simulation before anything runs, never predicted slower
 than sync colocated, and an async schedule where one is predicted clearly faster."""
 
+from pathlib import Path
+
 import pytest
 
 from asyncvla.bench.auto import TIE, candidates, choose
 from asyncvla.bench.profiles import load_profile, resolve_profile
 
 SHIPPED = ["balanced", "heavy-tail", "vectorized-sim", "libero-0p5b", "libero-oft7b"]
+UNSEEN = Path(__file__).parent.parent / "data" / "bench" / "unseen.yaml"
 
 
-@pytest.mark.parametrize("workload", SHIPPED)
+@pytest.mark.parametrize("workload", [*SHIPPED, str(UNSEEN)])
 def test_auto_is_the_fastest_prediction_and_never_below_sync_colocated(workload):
     profile = load_profile(resolve_profile(workload))
     modes_before = dict(profile.modes)
