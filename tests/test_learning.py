@@ -27,5 +27,5 @@ def test_ppo_improves_held_out_success_on_reach(tmp_path):
         ],
     )
     summary = train(cfg, tmp_path / "run")
-    # Both rates come from the same 100 deterministic held-out episodes (eval.seed_offset).
+    # Both rates come from the same 300 deterministic held-out episodes (eval.seed_offset).
     assert summary["final_success_rate"] >= summary["sft_success_rate"] + 0.05, summary
