@@ -176,10 +176,14 @@ class RuntimeConfig(_Strict):
     env-step latencies (``asyncvla.runtime.autotune``; docs/performance.md) instead of the values above."""
     queue_segments: int = Field(8, ge=1)
     """Capacity of the bounded segment queue in front of the trainer."""
-    placement: Literal["colocated", "disaggregated", "hybrid"] = "colocated"
+    placement: Literal["colocated", "disaggregated", "hybrid", "auto"] = "colocated"
     """colocated: rollout and trainer share a device (on CPU: all cores each); disaggregated:
     separate devices (on CPU: the cores are divided); hybrid: env workers share the rollout
-    workers' cores, the trainer has its own."""
+    workers' cores, the trainer has its own; auto: the placement the simulator predicts fastest
+    for ``auto_profile``'s stage costs, chosen at start (``asyncvla.runtime.autoplace``)."""
+    auto_profile: str | None = None
+    """The stage costs ``placement: auto`` and ``mode: auto`` simulate: a benchmark profile name
+    (``configs/bench``) or YAML path (docs/performance.md, "The auto row")."""
     env: Resources = Field(default_factory=Resources)
     rollout: Resources = Field(default_factory=Resources)
     trainer: Resources = Field(default_factory=Resources)
@@ -204,8 +208,9 @@ class Config(_Strict):
     seed: int = Field(0, ge=0)
     """Reseeds everything: weights, minibatch order, env sampling and the demo / pretraining scenes
     (``DATA_SEED_STRIDE``); evaluation uses the same held-out scenes for every seed."""
-    mode: Literal["sync", "async"] = "sync"
-    """sync: barrier schedule (eta = 0, lockstep envs, static batching); async: see ``async``."""
+    mode: Literal["sync", "async", "auto"] = "sync"
+    """sync: barrier schedule (eta = 0, lockstep envs, static batching); async: see ``async``;
+    auto: the schedule and switches the simulator predicts fastest (``runtime.auto_profile``)."""
     env: EnvConfig = Field(default_factory=EnvConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
@@ -242,6 +247,11 @@ class Config(_Strict):
                     )
                 if len(workers) > self.env.num_envs:
                     raise ValueError(f"runtime.sharding: manager {m} has fewer envs than workers {workers}")
+        if (self.mode == "auto" or rt.placement == "auto") and not rt.auto_profile:
+            raise ValueError(
+                "runtime.auto_profile: mode or placement auto needs the stage costs to simulate: "
+                "a benchmark profile name (configs/bench) or YAML path"
+            )
         if self.env.num_managers < rt.num_env_workers:
             raise ValueError(
                 f"runtime.num_env_workers: {rt.num_env_workers} workers need >= that many env.num_managers"
@@ -250,6 +260,8 @@ class Config(_Strict):
 
     def schedule(self) -> tuple[AsyncSwitches, int]:
         """The effective switches and staleness bound: ``mode: sync`` turns every switch off."""
+        if self.mode == "auto" or self.runtime.placement == "auto":
+            raise ValueError("mode/placement auto: resolve the config first (asyncvla.runtime.autoplace)")
         if self.mode == "sync":
             return AsyncSwitches(env=False, rollout=False, train=False, streamer=False), 0
         sw = self.async_

@@ -18,6 +18,7 @@ from asyncvla.builder import build_policy, evaluate, probe_env
 from asyncvla.config import DATA_SEED_STRIDE, Config, ConfigError
 from asyncvla.policies import Policy, load_policy, save_policy
 from asyncvla.rundir import RunDir, atomic_write_text
+from asyncvla.runtime.autoplace import resolve as resolve_auto
 from asyncvla.runtime.driver import run_schedule
 from asyncvla.runtime.launcher import load_weights
 from asyncvla.runtime.types import concat_obs
@@ -123,6 +124,18 @@ def train(
     console = console or Console()
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
+    cfg, auto = resolve_auto(cfg)
+    if auto is not None:
+        pred = auto["predicted"]
+        vs_sync = (
+            f", {pred[auto['chosen']] / pred['sync-colocated']:.2f}x sync colocated"
+            if "sync-colocated" in pred
+            else ""
+        )
+        console.print(
+            f"auto: {auto['chosen']} (mode {cfg.mode}, placement {cfg.runtime.placement}), predicted "
+            f"{pred[auto['chosen']]:.1f} env steps/s for {auto['profile']}{vs_sync}"
+        )
     torch.manual_seed(cfg.seed)
     probe = probe_env(cfg)
     policy = build_policy(cfg, probe)
@@ -144,6 +157,8 @@ def train(
             f"train.init: {cfg.train.init} is not a checkpoint directory; allowed: null, sft, or one"
         )
     run = RunDir(run_path, cfg, resume=resume)
+    if auto is not None:
+        atomic_write_text(run.path / "auto.json", json.dumps(auto, indent=2))
     t_start = time.perf_counter()
     state: dict[str, Any] = {"update": 0, "env_steps": 0, "wall_s": 0.0}
     extra: dict[str, Any] = {}
@@ -207,6 +222,7 @@ def train(
         "final_episode_return": final["episode_return"],
         "final_episode_cost": final["episode_cost"],
         "eval_episodes": cfg.eval.episodes,
+        "auto": None if auto is None else auto["chosen"],
         "total_wall_s": time.perf_counter() - t_start,
         "run_dir": str(run.path),
         **extra,

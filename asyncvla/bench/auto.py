@@ -11,6 +11,7 @@ clearly faster.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from asyncvla.bench.profiles import MODES, Profile, mode_config
@@ -35,9 +36,18 @@ def candidates(profile: Profile) -> dict[str, dict[str, Any]]:
     return out
 
 
-def choose(profile: Profile, time_scale: float, updates: int = 8, warmup: int = 2) -> dict[str, Any]:
-    """{"chosen": name, "overrides": its config overrides, "predicted": {name: env steps/s}}."""
-    cands = candidates(profile)
+def choose(
+    profile: Profile,
+    time_scale: float,
+    updates: int = 8,
+    warmup: int = 2,
+    allowed: Callable[[dict[str, Any]], bool] | None = None,
+) -> dict[str, Any]:
+    """{"chosen": name, "overrides": its config overrides, "predicted": {name: env steps/s}};
+    ``allowed``: only the candidates whose overrides it accepts."""
+    cands = {n: o for n, o in candidates(profile).items() if allowed is None or allowed(o)}
+    if not cands:
+        raise ValueError("no candidate schedule fits the fixed part of the config")
     saved = dict(profile.modes)
     predicted: dict[str, float] = {}
     try:
