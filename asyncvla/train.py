@@ -337,6 +337,7 @@ def compare_seeds(cfg: Config, out: Path, seeds: list[int], console: Console | N
         raise FileExistsError(f"{out} already holds a seed comparison; choose another --out")
     if len(set(seeds)) != len(seeds) or not seeds:
         raise ConfigError(f"--seeds: give distinct seeds, got {seeds}")
+    out.mkdir(parents=True, exist_ok=True)
     per_seed = []
     for s in seeds:
         c = cfg.model_copy(deep=True)

@@ -74,3 +74,29 @@ def test_compare_rejects_bad_seed_lists_with_one_line(bad, tmp_path):
         f"error: --seeds: distinct comma-separated integers >= 0, got {bad!r}"
     ]
     assert not (tmp_path / "o").exists()
+
+
+def test_compare_seeds_runs_one_comparison_per_seed_and_writes_seeds_json(tmp_path, monkeypatch):
+    import asyncvla.train as train_mod
+    from asyncvla.config import load_config
+
+    calls = []
+
+    def fake_compare(cfg, out, console=None):
+        calls.append((cfg.seed, out.name))
+        rate = {11: 0.8, 22: 0.9}[cfg.seed]
+        row = {"final_success_rate": rate, "sft_success_rate": 0.4, "eval_episodes": 300}
+        return {"sync": row, "async": {**row, "final_success_rate": rate + 0.02}}
+
+    monkeypatch.setattr(train_mod, "compare", fake_compare)
+    res = train_mod.compare_seeds(load_config(None, ["name=q"]), tmp_path / "s", [11, 22])
+    assert calls == [(11, "seed-11"), (22, "seed-22")]
+    saved = json.loads((tmp_path / "s" / "seeds.json").read_text())
+    assert saved == json.loads(json.dumps(res))
+    assert saved["sync"]["final_success"] == [0.8, 0.9] and saved["async"]["mean"] == pytest.approx(0.87)
+    assert (
+        saved["gap"]["mean"] == pytest.approx(0.02)
+        and saved["checks"]["async mean success >= sync mean - 0.03"]
+    )
+    with pytest.raises(FileExistsError):
+        train_mod.compare_seeds(load_config(None, ["name=q"]), tmp_path / "s", [11, 22])
