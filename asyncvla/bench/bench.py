@@ -425,6 +425,9 @@ def run_bench(
     from asyncvla.runtime.launcher import init_ray
 
     profile = load_profile(profile_path)
+    out = Path(out_dir)
+    if (out / "bench.json").exists():
+        raise FileExistsError(f"{out} already holds a benchmark; choose another out_dir")
     emulated = not isinstance(profile, RealProfile)
     modes = list(modes or [*profile.all_modes(), *(["auto"] if emulated else [])])
     if repeats < 1:
@@ -462,9 +465,6 @@ def run_bench(
                 f"{tuning['tuned']['batch_timeout_ms']:g} (default {tuning['default']['max_batch_samples']}, "
                 f"{tuning['default']['batch_timeout_ms']:g})"
             )
-    out = Path(out_dir)
-    if (out / "bench.json").exists():
-        raise FileExistsError(f"{out} already holds a benchmark; choose another out_dir")
     out.mkdir(parents=True, exist_ok=True)
     measured = updates_for(profile, env_steps_per_mode)
     updates = profile.warmup_updates + measured

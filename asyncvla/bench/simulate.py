@@ -68,6 +68,11 @@ NOT_MODELLED: tuple[tuple[str, str], ...] = (
     ("runtime.start_timeout_s", "a start-up watchdog: no schedule"),
     ("runtime.stall_timeout_s", "a stall watchdog: no schedule"),
     ("runtime.address", "which Ray cluster runs the workers: no schedule"),
+    (
+        "runtime.auto_profile",
+        "read only to resolve placement / mode auto before the run (runtime.autoplace); the "
+        "resolved config is what runs and what is simulated",
+    ),
 )
 """Config fields (``async.*``, ``runtime.*``) that ``spec_from_config`` does not read, each with
 the reason the schedule does not depend on it; every other field of ``AsyncSwitches`` and
