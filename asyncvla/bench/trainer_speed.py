@@ -36,9 +36,18 @@ def one_batch(cfg: Config, policy: Policy) -> list[Segment]:
             while not out:
                 (req,) = mgr.request()
                 a = policy.act(req.obs, with_features=True)
-                reply = ActionReply(m, req.request_id, req.env_ids, a.actions, a.log_probs, a.values, 0)
-                reply.features = a.features
-                out = mgr.apply(reply)
+                out = mgr.apply(
+                    ActionReply(
+                        m,
+                        req.request_id,
+                        req.env_ids,
+                        a.actions,
+                        a.log_probs,
+                        a.values,
+                        0,
+                        features=a.features,
+                    )
+                )
             segs += out
         finally:
             mgr.shutdown()

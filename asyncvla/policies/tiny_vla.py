@@ -360,11 +360,13 @@ class TinyVLA(Policy):
         return self.word_emb(ids), ids == PAD_ID
 
     def _ground(self, obs: ObsBatch) -> tuple[torch.Tensor, ...]:
-        """The vision-language part: state [B, S], word embeddings [B, L, W] and padding [B, L],
-        the last CNN map [n_cams * B, C, g, g] and keypoints [n_cams, B, n_kp, 2]."""
+        """The vision-language part: state [B, S], instruction ids [B, L_max], word embeddings
+        [B, L, W] and padding [B, L], the last CNN map [n_cams * B, C, g, g] and keypoints
+        [n_cams, B, n_kp, 2]."""
         state = self._state(obs)
         b = state.shape[0]
-        words, pad = self._words(self._ids(obs, b))
+        ids = self._ids(obs, b)
+        words, pad = self._words(ids)
         pooled = self.pool_instruction(words, pad)
 
         n_cams = len(self.image_keys)
@@ -382,7 +384,7 @@ class TinyVLA(Policy):
             offset = self.kp_offset(kp_map).view(-1, self.n_keypoints, 2, kp_map.shape[-1] ** 2)
             offset = torch.tanh(offset).transpose(2, 3) * (0.5 / self.kp_side)
             points = attn @ self.kp_xy + (attn[..., None] * offset).sum(2)
-        return state, words, pad, fmap, points.view(n_cams, b, self.n_keypoints, 2)
+        return state, ids, words, pad, fmap, points.view(n_cams, b, self.n_keypoints, 2)
 
     def frozen_features(self, obs: ObsBatch) -> dict[str, torch.Tensor] | None:
         """With ``freeze_encoder`` the whole vision-language part is frozen: its outputs per
@@ -391,15 +393,15 @@ class TinyVLA(Policy):
         if not self._kwargs["freeze_encoder"]:
             return None
         with torch.no_grad():
-            state, _, _, fmap, points = self._ground(obs)
-            return self._frozen_rows(obs, state.shape[0], self.fusion_pool(fmap), points)
+            _, ids, _, _, fmap, points = self._ground(obs)
+            return self._frozen_rows(ids, self.fusion_pool(fmap), points)
 
     def _frozen_rows(
-        self, obs: ObsBatch, b: int, tokens_map: torch.Tensor, points: torch.Tensor
+        self, ids: torch.Tensor, tokens_map: torch.Tensor, points: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        n_cams = len(self.image_keys)
+        n_cams, b = len(self.image_keys), ids.shape[0]
         return {
-            "ids": self._ids(obs, b),
+            "ids": ids,
             "tokens_map": tokens_map.view(n_cams, b, *tokens_map.shape[1:]).transpose(0, 1).contiguous(),
             "points": points.transpose(0, 1).contiguous(),
         }
@@ -415,10 +417,10 @@ class TinyVLA(Policy):
         n_cams = len(self.image_keys)
         frozen = None
         if cached is None:
-            state, words, pad, fmap, points = self._ground(obs)
+            state, ids, words, pad, fmap, points = self._ground(obs)
             tokens_map = self.fusion_pool(fmap)
             if keep_frozen:
-                frozen = self._frozen_rows(obs, state.shape[0], tokens_map, points)
+                frozen = self._frozen_rows(ids, tokens_map, points)
         else:  # the same tensors, rebuilt camera-major from ``frozen_features`` rows
             state = self._state(obs)
             words, pad = self._words(cached["ids"])

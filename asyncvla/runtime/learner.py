@@ -62,16 +62,22 @@ class Samples:
         self.data = data
         self.feats = feats
         self.size = len(data["adv"]) if data else 0
-        self.index: np.ndarray | None = None
-        """For samples of one segment: their rows in the flattened segment."""
 
     @classmethod
     def empty(cls) -> Samples:
         return cls(None, {})
 
     @classmethod
-    def from_segment(cls, seg: Segment, adv: np.ndarray, ret: np.ndarray, keep_mask: np.ndarray) -> Samples:
-        """Flatten a segment's valid decisions with finite advantages (and ``keep_mask``)."""
+    def from_segment(
+        cls,
+        seg: Segment,
+        adv: np.ndarray,
+        ret: np.ndarray,
+        keep_mask: np.ndarray,
+        with_features: bool = False,
+    ) -> Samples:
+        """Flatten a segment's valid decisions with finite advantages (and ``keep_mask``);
+        ``with_features``: their rows of the segment's shipped features, if it has them."""
         keep = seg.valid.reshape(-1) & ~np.isnan(adv.reshape(-1)) & keep_mask.reshape(-1)
         idx = np.flatnonzero(keep)
         data = {
@@ -82,9 +88,13 @@ class Samples:
             "ret": ret.reshape(-1)[idx].astype(np.float32),
             "versions": seg.versions.reshape(-1)[idx],
         }
-        out = cls(take_obs(seg.flat_obs(), idx), data)
-        out.index = idx
-        return out
+        feats = None
+        if with_features and seg.features is not None:  # shipped by the rollout workers
+            feats = {
+                k: torch.from_numpy(np.ascontiguousarray(v.reshape(-1, *v.shape[2:])[idx]))
+                for k, v in seg.features.items()
+            }
+        return cls(take_obs(seg.flat_obs(), idx), data, feats)
 
     @staticmethod
     def concat(parts: list[Samples]) -> Samples:
@@ -183,18 +193,10 @@ class Learner:
         for k in ("success", "return", "length"):
             stats.setdefault("episodes_" + k, []).extend(seg.episodes[k])
         adv, ret = self.method.advantages(seg, self.bootstrap_values(seg))
-        s = Samples.from_segment(seg, adv, ret, ok)
-        if self.cache_features and s.size:
-            s.feats = self._shipped_features(seg, s) if seg.features is not None else self._frozen_features(s)
+        s = Samples.from_segment(seg, adv, ret, ok, with_features=self.cache_features)
+        if self.cache_features and s.size and s.feats is None:
+            s.feats = self._frozen_features(s)
         return s
-
-    @staticmethod
-    def _shipped_features(seg: Segment, s: Samples) -> dict[str, torch.Tensor]:
-        """The rows of the segment's shipped features that ``s`` holds (the same selection)."""
-        return {
-            k: torch.from_numpy(np.ascontiguousarray(v.reshape(-1, *v.shape[2:])[s.index]))
-            for k, v in seg.features.items()
-        }
 
     def _frozen_features(self, s: Samples) -> dict[str, torch.Tensor] | None:
         """The policy's ``frozen_features`` of every sample, computed in micro-batches."""

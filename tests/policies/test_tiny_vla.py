@@ -223,7 +223,7 @@ def test_fusion_grid_pools_only_the_transformer_tokens() -> None:
     with torch.no_grad():
         torch.testing.assert_close(pooled.point(obs), base.point(obs), rtol=0, atol=0)
         # ... and the image tokens it reads are 2x2 means of the 8x8 CNN map.
-        fmap = base._ground(obs)[3]
+        fmap = base._ground(obs)[4]
         means = fmap.unfold(2, 2, 2).unfold(3, 2, 2).mean((-1, -2))
         torch.testing.assert_close(pooled.fusion_pool(fmap), means)
         assert pooled.features(obs).shape == base.features(obs).shape
