@@ -17,6 +17,7 @@ from asyncvla.bench.profiles import (
     pipeline_bound,
     place_stages,
 )
+from asyncvla.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = sorted((ROOT / "configs" / "bench").glob("*.yaml"))
@@ -103,6 +104,11 @@ def test_real_profile_is_its_config_with_the_mode_switches():
     assert stream.mode == "async" and stream.async_.streamer and stream.runtime.placement == "disaggregated"
     assert hybrid.runtime.placement == "hybrid" and not sync.pretrain.enabled
     assert stream.env.num_envs == 32 and stream.global_batch() == 2 * 32 * 12
+    # rollout-async-hybrid is the quickstart's own async schedule (what `compare` runs as async)
+    own = mode_config(p, "rollout-async-hybrid", updates=3)
+    quick = load_config(ROOT / "configs" / "quickstart.yaml")
+    assert own.async_ == quick.async_ and own.runtime.placement == quick.runtime.placement
+    assert own.schedule() == quick.schedule() and own.algo == quick.algo
 
 
 @pytest.mark.parametrize(
