@@ -46,26 +46,57 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     os.replace(tmp, path)
 
 
+def _update_of(line: str) -> int:
+    """The ``update`` of one metrics.jsonl line; a torn last line (a crash mid-write) counts as
+    after every checkpoint, so it is dropped."""
+    try:
+        return int(json.loads(line)["update"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62
+
+
 def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 class RunDir:
-    def __init__(self, path: str | Path, cfg: Config, resume: bool = False, tensorboard: bool = True) -> None:
+    """``resume_from``: the state of the checkpoint a resumed run continues from (its ``update``
+    and ``env_steps``). The metric rows after it are dropped from ``metrics.jsonl`` (rewritten
+    atomically) and hidden from TensorBoard (``purge_step``), so the resumed rows continue the
+    stream without duplicated update numbers."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        cfg: Config,
+        resume: bool = False,
+        tensorboard: bool = True,
+        resume_from: dict[str, Any] | None = None,
+    ) -> None:
         self.path = Path(path)
-        if not resume and (self.path / "metrics.jsonl").exists():
+        metrics = self.path / "metrics.jsonl"
+        if not resume and metrics.exists():
             raise FileExistsError(
                 f"{self.path} already holds a run; pass --resume or choose another --run-dir"
             )
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "checkpoints").mkdir(exist_ok=True)
         atomic_write_text(self.path / "config.yaml", dump_config(cfg))
-        self._metrics = (self.path / "metrics.jsonl").open("a")
+        purge_step = None
+        if resume_from is not None:
+            purge_step = int(resume_from.get("env_steps", 0)) + 1
+            if metrics.exists():
+                last = int(resume_from["update"])
+                kept = [
+                    ln for ln in metrics.read_text().splitlines() if ln.strip() and _update_of(ln) <= last
+                ]
+                atomic_write_text(metrics, "".join(ln + "\n" for ln in kept))
+        self._metrics = metrics.open("a")
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.path / "tensorboard"))
+            self._tb = SummaryWriter(str(self.path / "tensorboard"), purge_step=purge_step)
 
     def log(self, row: dict[str, Any]) -> None:
         self._metrics.write(json.dumps(row) + "\n")

@@ -156,7 +156,8 @@ def train(
         raise ConfigError(
             f"train.init: {cfg.train.init} is not a checkpoint directory; allowed: null, sft, or one"
         )
-    run = RunDir(run_path, cfg, resume=resume)
+    resumed = json.loads((ckpt / "state.json").read_text()) if ckpt is not None else None
+    run = RunDir(run_path, cfg, resume=resume, resume_from=resumed)
     if auto is not None:
         atomic_write_text(run.path / "auto.json", json.dumps(auto, indent=2))
     t_start = time.perf_counter()
@@ -177,7 +178,7 @@ def train(
         )
     else:
         policy = load_policy(ckpt)
-        state.update(json.loads((ckpt / "state.json").read_text()))
+        state.update(resumed)
         console.print(f"resuming from {ckpt} (update {state['update']}, env steps {state['env_steps']})")
 
     with _progress(console) as prog:
