@@ -14,14 +14,19 @@ from asyncvla.policies import Policy, make_policy
 
 def probe_env(cfg: Config) -> VectorEnv:
     """One env, built only to read spaces and vocabulary; bad env kwargs fail here, at start."""
+    return probe(cfg.env.name, cfg.env.kwargs)
+
+
+def probe(name: str, kwargs: dict[str, Any]) -> VectorEnv:
+    """One env ``name`` with ``kwargs``; a bad name or kwarg raises ConfigError (one line)."""
     try:
-        return make_env(cfg.env.name, num_envs=1, **cfg.env.kwargs)
+        return make_env(name, num_envs=1, **kwargs)
     except KeyError as e:
         raise ConfigError(f"env.name: {e.args[0]}") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"env.kwargs: {e}") from None
     except ImportError as e:  # the env's simulator is not installed (e.g. libero: `make libero`)
-        raise ConfigError(f"env.name: {cfg.env.name}: {e}") from None
+        raise ConfigError(f"env.name: {name}: {e}") from None
 
 
 def env_spec(env: VectorEnv) -> dict[str, Any]:
@@ -53,6 +58,30 @@ def build_policy(cfg: Config, env: VectorEnv | None = None) -> Policy:
         raise ConfigError(f"policy.name: {e.args[0]}") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"policy.kwargs: {e}") from None
+
+
+def check_fits(policy: Policy, env: VectorEnv, where: str = "the checkpoint") -> None:
+    """Refuse, with one line naming both sides, a policy that cannot run on ``env``: an image size,
+    state or action dimension other than the env's, a camera the env lacks, or env instruction
+    words outside the policy's vocabulary."""
+    have = policy.init_kwargs()
+    want = env_spec(env)
+    for key in ("image_size", "state_dim", "action_dim"):
+        if key in have and have[key] != want[key]:
+            raise ConfigError(
+                f"{where} does not fit the env: policy {key}={have[key]}, env {key}={want[key]}"
+            )
+    cams = [k for k in have.get("image_keys") or [] if k not in want["image_keys"]]
+    if cams:
+        raise ConfigError(
+            f"{where} does not fit the env: policy image_keys={have['image_keys']}, env observes {want['image_keys']}"
+        )
+    if have.get("vocabulary") is not None:
+        words = sorted(set(want["vocabulary"]) - set(have["vocabulary"]))
+        if words:
+            raise ConfigError(
+                f"{where} does not fit the env: env words {words[:5]} are not in the policy's vocabulary"
+            )
 
 
 def evaluate(cfg: Config, policy: Policy, episodes: int) -> dict[str, float]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from asyncvla.config import Config, ConfigError, load_config
+from asyncvla.config import CheckpointError, Config, ConfigError, load_config
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Asynchronous RL fine-tuning of VLA policies."
@@ -78,7 +78,7 @@ def train(
     path = run_dir or default_run_dir(cfg)
     try:
         summary = run_train(cfg, path, resume=resume, console=console)
-    except (ConfigError, FileExistsError, FileNotFoundError) as e:
+    except (ConfigError, FileExistsError, FileNotFoundError, CheckpointError) as e:
         _fail(e)
     except WorkerError as e:
         print(f"error: a worker failed: {e}", file=sys.stderr)
@@ -127,7 +127,7 @@ def compare(
             run_compare(cfg, path, console=console)
         else:
             compare_seeds(cfg, path, seed_list, console=console)
-    except (ConfigError, FileExistsError, FileNotFoundError) as e:
+    except (ConfigError, FileExistsError, FileNotFoundError, CheckpointError) as e:
         _fail(e)
     except WorkerError as e:
         print(f"error: a worker failed: {e}", file=sys.stderr)
@@ -291,7 +291,7 @@ def eval_cmd(
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides of the env config"),
 ) -> None:
     """Evaluate a checkpoint deterministically on held-out init states."""
-    from asyncvla.builder import evaluate
+    from asyncvla.builder import check_fits, evaluate, probe_env
     from asyncvla.policies import load_policy
 
     cfg_path = config
@@ -302,8 +302,11 @@ def eval_cmd(
                 break
     cfg = _config(cfg_path, overrides) if cfg_path else _config(None, overrides)  # type: ignore[arg-type]
     try:
+        env = probe_env(cfg)
+        env.close()
         policy = load_policy(checkpoint)
-    except FileNotFoundError as e:
+        check_fits(policy, env, f"checkpoint {checkpoint}")
+    except (ConfigError, FileNotFoundError, CheckpointError) as e:
         _fail(e)
     res = evaluate(cfg, policy, episodes)
     res["checkpoint"] = str(checkpoint)
@@ -322,11 +325,13 @@ def env_speed(
     ),
 ) -> None:
     """Measure env steps/s of one env process without latency emulation."""
+    from asyncvla.builder import probe
     from asyncvla.config import parse_overrides
     from asyncvla.envs.speed import benchmark_env
 
     try:
         env_kwargs = dict(parse_overrides(kwargs or []))
+        probe(env, env_kwargs).close()
     except ConfigError as e:
         _fail(e)
     result = benchmark_env(env, num_envs=num_envs, chunk_size=chunk_size, steps=steps, **env_kwargs)
@@ -343,19 +348,22 @@ def trainer_speed(
 ) -> None:
     """Time one update of the trainer on one global batch: frozen part recomputed, cached, shipped."""
     from asyncvla.bench.trainer_speed import measure
-    from asyncvla.builder import build_policy, probe_env
+    from asyncvla.builder import build_policy, check_fits, probe_env
     from asyncvla.policies import load_policy
 
     cfg = _config(config, overrides or [])
     try:
+        env = probe_env(cfg)
+        env.close()
         if init is not None:
             policy = load_policy(init)
+            check_fits(policy, env, f"--init {init}")
         else:
             import torch
 
             torch.manual_seed(cfg.seed)
-            policy = build_policy(cfg, probe_env(cfg))
-    except (ConfigError, FileNotFoundError) as e:
+            policy = build_policy(cfg, env)
+    except (ConfigError, FileNotFoundError, CheckpointError) as e:
         _fail(e)
     console.print_json(json.dumps(measure(cfg, policy, repeats=repeats, threads=threads)))
 

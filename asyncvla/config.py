@@ -17,6 +17,10 @@ class ConfigError(ValueError):
     """A configuration problem, already phrased as one line for the user."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be loaded (one line: which file and why)."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -327,7 +331,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             tree = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"config file {p} is not valid YAML{where}: {what}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {p} must hold a mapping at top level")
     for key, value in parse_overrides(overrides or []):

@@ -14,7 +14,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from asyncvla.builder import build_policy, evaluate, probe_env
+from asyncvla.builder import build_policy, check_fits, evaluate, probe_env
 from asyncvla.config import DATA_SEED_STRIDE, Config, ConfigError
 from asyncvla.policies import Policy, load_policy, save_policy
 from asyncvla.rundir import RunDir, atomic_write_text
@@ -147,15 +147,25 @@ def train(
             f"auto-tune: max_batch_samples {cfg.runtime.max_batch_samples}, "
             f"batch_timeout_ms {cfg.runtime.batch_timeout_ms:g}"
         )
-    probe.close()
     # Everything that can be refused is checked before the run directory is touched.
     ckpt = _latest_checkpoint(Path(run_path)) if resume else None
     if resume and ckpt is None:
+        probe.close()
         raise FileNotFoundError(f"--resume: no checkpoint in {Path(run_path) / 'checkpoints'}")
-    if cfg.train.init not in (None, "sft") and not (Path(cfg.train.init) / "policy.json").is_file():
-        raise ConfigError(
-            f"train.init: {cfg.train.init} is not a checkpoint directory; allowed: null, sft, or one"
-        )
+    init_policy = None
+    try:
+        if ckpt is None and cfg.train.init not in (None, "sft"):
+            if not (Path(cfg.train.init) / "policy.json").is_file():
+                raise ConfigError(
+                    f"train.init: {cfg.train.init} is not a checkpoint directory; allowed: null, sft, or one"
+                )
+            init_policy = load_policy(cfg.train.init)
+            check_fits(init_policy, probe, f"train.init {cfg.train.init}")
+        elif ckpt is not None:
+            init_policy = load_policy(ckpt)
+            check_fits(init_policy, probe, f"checkpoint {ckpt}")
+    finally:
+        probe.close()
     resumed = json.loads((ckpt / "state.json").read_text()) if ckpt is not None else None
     run = RunDir(run_path, cfg, resume=resume, resume_from=resumed)
     if auto is not None:
@@ -167,8 +177,8 @@ def train(
     if ckpt is None:
         if cfg.train.init == "sft":
             extra.update(run_sft(cfg, policy, run.path / "sft", console))
-        elif cfg.train.init is not None:
-            policy = load_policy(cfg.train.init)
+        elif init_policy is not None:
+            policy = init_policy
         init_eval = evaluate(cfg, policy, cfg.eval.episodes)
         state["sft_success_rate"] = init_eval["success_rate"]
         state["sft_success_ci95"] = [init_eval["success_ci95_low"], init_eval["success_ci95_high"]]
@@ -177,7 +187,7 @@ def train(
             f"over {cfg.eval.episodes} episodes"
         )
     else:
-        policy = load_policy(ckpt)
+        policy = init_policy
         state.update(resumed)
         console.print(f"resuming from {ckpt} (update {state['update']}, env steps {state['env_steps']})")
 

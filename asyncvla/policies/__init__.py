@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from asyncvla.policies.base import ActOutput, EvalOutput, Policy, load_policy, save_policy
+from asyncvla.policies.base import (
+    ActOutput,
+    CheckpointError,
+    EvalOutput,
+    Policy,
+    load_policy,
+    save_policy,
+)
 from asyncvla.registry import Registry
 
 POLICIES: Registry[Policy] = Registry("policy")
@@ -17,4 +24,13 @@ def make_policy(name: str, **kwargs: Any) -> Policy:
 from asyncvla.policies import hf_vla as _hf_vla  # noqa: E402,F401 (transformers is imported lazily)
 from asyncvla.policies import tiny_vla as _tiny_vla  # noqa: E402,F401
 
-__all__ = ["POLICIES", "ActOutput", "EvalOutput", "Policy", "load_policy", "make_policy", "save_policy"]
+__all__ = [
+    "POLICIES",
+    "ActOutput",
+    "CheckpointError",
+    "EvalOutput",
+    "Policy",
+    "load_policy",
+    "make_policy",
+    "save_policy",
+]

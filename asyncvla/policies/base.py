@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from asyncvla.config import CheckpointError
 from asyncvla.envs.base import ObsBatch
 
 
@@ -133,8 +134,32 @@ def load_policy(directory: str | Path) -> Policy:
     meta_path = d / "policy.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{d} is not a policy checkpoint (no policy.json)")
-    meta = json.loads(meta_path.read_text())
-    policy = POLICIES.get(meta["name"])(**meta["kwargs"])
-    policy.load_state_dict(load_file(str(d / "model.safetensors")))
+    weights = d / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{d} is not a policy checkpoint (no model.safetensors)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        name, kwargs = meta["name"], meta["kwargs"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{meta_path}: not a policy.json (name and kwargs): {e}") from None
+    try:
+        cls = POLICIES.get(name)
+    except KeyError as e:
+        raise CheckpointError(f"{meta_path}: {e.args[0]}") from None
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error type for a truncated or foreign file
+        raise CheckpointError(f"{weights}: unreadable (truncated or not safetensors): {e}") from None
+    try:
+        policy = cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{meta_path}: kwargs do not build a {name} policy: {e}") from None
+    try:
+        policy.load_state_dict(state)
+    except RuntimeError as e:
+        first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
+        raise CheckpointError(
+            f"{weights} does not fit the {name} architecture of policy.json: {first}"
+        ) from None
     policy.version = int(meta.get("version", 0))
     return policy
