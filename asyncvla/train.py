@@ -220,6 +220,7 @@ def train(
         "env_steps_collected": sum(e["env_steps"] for e in res.env_stats),
         "samples_trained": acc["trained_samples"],
         "samples_rejected": acc["rejected_samples"],
+        "samples_quarantined": int(acc["state"].get("quarantined_samples", 0)),
         "samples_collected_untrained": acc["leftover_samples"],
         "rollout_batches": sum(r["batches"] for r in res.rollout_stats),
         "ray": res.ray,

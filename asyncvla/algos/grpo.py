@@ -83,8 +83,9 @@ def grpo_loss(
 @ALGOS.register("grpo")
 class GRPO(Algorithm):
     """Critic-free: env managers run groups of ``group_size`` episodes from one init state; every
-    decision of an episode gets its group-normalized return (NaN for signal-free groups, which
-    the trainer drops); :func:`grpo_loss` (advantages used as they are, no value terms)."""
+    decision of an episode gets its group-normalized return (NaN, which the trainer drops, for
+    signal-free groups and for groups with a quarantined episode); :func:`grpo_loss` (advantages
+    used as they are, no value terms)."""
 
     needs_critic = False
     episode_mode = True
@@ -100,8 +101,11 @@ class GRPO(Algorithm):
     def advantages(self, seg: Segment, bootstrap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ep_return = (seg.rewards * seg.valid).sum(axis=0)
         adv, keep = grpo_advantages(torch.from_numpy(ep_return), torch.from_numpy(seg.group_ids))
+        keep = keep.numpy()
+        # An episode whose first decision is invalid was quarantined: its group has no baseline.
+        lost = np.isin(seg.group_ids, seg.group_ids[~seg.valid[0]])
         adv_tn = np.broadcast_to(adv.numpy()[None, :], seg.rewards.shape).copy()
-        adv_tn[:, ~keep.numpy()] = np.nan
+        adv_tn[:, ~keep | lost] = np.nan
         return adv_tn, np.zeros_like(adv_tn)
 
     def loss(

@@ -50,10 +50,14 @@ class EpisodeTracker:
             (int(i), Episode(float(success[i]), float(self.ret[i]), int(self.length[i]), float(self.cost[i])))
             for i in np.flatnonzero(done)
         ]
-        self.ret[done] = 0.0
-        self.length[done] = 0
-        self.cost[done] = 0.0
+        self.drop(done)
         return ended
+
+    def drop(self, slots: np.ndarray) -> None:
+        """Restart the counters of ``slots`` (bool [n]) without reporting an episode."""
+        self.ret[slots] = 0.0
+        self.length[slots] = 0
+        self.cost[slots] = 0.0
 
 
 Act = Callable[[ObsBatch], np.ndarray]

@@ -23,6 +23,7 @@ all managers together once every reply is in), ship closed segments to the train
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from asyncvla.envs.episodes import EpisodeTracker
 from asyncvla.runtime.events import EventBuffer
 from asyncvla.runtime.gate import Ticket
 from asyncvla.runtime.types import ActionReply, ObsRequest, Segment, take_obs
+
+log = logging.getLogger(__name__)
 
 TRAIN_INIT_STATES = 1_000_000
 """Training draws init states below this; evaluation and demos use disjoint ranges above it."""
@@ -57,6 +60,29 @@ def _stack_features(steps: list[dict[str, np.ndarray] | None]) -> dict[str, np.n
     if not steps or any(f is None for f in steps):
         return None
     return {k: np.stack([f[k] for f in steps]) for k in steps[0]}
+
+
+def _finite_rows(obs: ObsBatch, *per_env: np.ndarray) -> np.ndarray:
+    """bool [n]: every float entry of env i's observation and of ``per_env`` arrays is finite."""
+    ok = np.ones(len(per_env[0]), dtype=bool)
+    for v in per_env:
+        ok &= np.isfinite(np.asarray(v, dtype=np.float64))
+    for v in obs.values():
+        if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+            ok &= np.isfinite(v.reshape(len(v), -1)).all(axis=1)
+    return ok
+
+
+def _sanitize(obs: ObsBatch, rows: np.ndarray) -> ObsBatch:
+    """``obs`` with the non-finite float entries of envs ``rows`` set to 0 (they are never
+    trained; inference must not see NaN)."""
+    out = dict(obs)
+    for k, v in obs.items():
+        if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+            v = v.copy()
+            v[rows] = np.nan_to_num(v[rows], nan=0.0, posinf=0.0, neginf=0.0)
+            out[k] = v
+    return out
 
 
 def _stack_obs(steps: list[ObsBatch]) -> ObsBatch:
@@ -103,6 +129,9 @@ class EnvManager:
         self.segments_total = 0
         self._tracker = EpisodeTracker(self.n)
         self._done = np.zeros(self.n, dtype=bool)
+        self._ep_start = np.zeros(self.n, dtype=np.int64)  # buffer index where each episode began
+        self.quarantined_samples = 0
+        self.quarantined_episodes = 0
         self._group_ids: np.ndarray | None = None
         self._clear_buffer()
         self.obs = self._reset_all()
@@ -144,7 +173,10 @@ class EnvManager:
             )
         }
         self._buf_env_steps = 0
+        self._buf_quarantined = 0
         self._episodes: dict[str, list[float]] = {"return": [], "length": [], "success": []}
+        if hasattr(self, "_ep_start"):
+            self._ep_start[:] = 0
 
     # -- the state machine ------------------------------------------------------------------------
     @property
@@ -202,6 +234,7 @@ class EnvManager:
             group_ids=None if self._group_ids is None else self._group_ids.copy(),
             episodes=self._episodes,
             features=_stack_features(b["features"]),
+            quarantined=self._buf_quarantined,
         )
         self._segment_id += 1
         self.segments_total += 1
@@ -261,7 +294,16 @@ class EnvManager:
         valid = ~self._done
         obs, reward, term, trunc, info = self.env.step(actions)
         steps = np.asarray(info["steps"])
-        done = (term | trunc) & valid
+        cost = np.asarray(info["cost"])
+        # Quarantine: an env that returns a non-finite observation, reward or cost ends its
+        # episode here; that step and the episode's earlier decisions in this segment are never
+        # trained (counted), and the episode is not reported.
+        bad = valid & ~_finite_rows(obs, reward, cost)
+        if bad.any():
+            reward, cost = np.where(bad, 0.0, reward), np.where(bad, 0.0, cost)
+            obs = _sanitize(obs, bad)
+            self._quarantine(bad)
+        done = (term | trunc | bad) & valid
         b = self._buf
         b["obs"].append(self.obs)
         b["actions"].append(np.asarray(actions, dtype=np.float32))
@@ -269,17 +311,19 @@ class EnvManager:
         b["values"].append(np.asarray(values, dtype=np.float32))
         b["rewards"].append(np.where(valid, reward, 0.0).astype(np.float32))
         b["dones"].append(done | ~valid)
-        b["costs"].append(np.where(valid, info["cost"], 0.0).astype(np.float32))
+        b["costs"].append(np.where(valid, cost, 0.0).astype(np.float32))
         b["versions"].append(versions)
-        b["valid"].append(valid)
+        b["valid"].append(valid & ~bad)
         b["features"].append(features)
         self._buf_env_steps += int(steps.sum())
         self.env_steps_total += int(steps.sum())
 
-        for _, ep in self._tracker.step(reward, info["cost"], steps, done, info["success"], valid):
+        for _, ep in self._tracker.step(reward, cost, steps, done & ~bad, info["success"], valid):
             self._episodes["return"].append(ep.ret)
             self._episodes["length"].append(ep.length)
             self._episodes["success"].append(ep.success)
+        self._tracker.drop(bad)
+        self._ep_start[done] = self.segment_len
 
         if self.episode_mode:
             self._done |= done
@@ -296,6 +340,25 @@ class EnvManager:
         if self.segment_len >= self.rollout_steps:
             out.append(self.close())
         return out
+
+    def _quarantine(self, bad: np.ndarray) -> None:
+        """Invalidate the buffered decisions of the episodes of envs ``bad`` and count them with
+        the step about to be recorded."""
+        n = int(bad.sum())
+        for i in np.flatnonzero(bad):
+            for k in range(int(self._ep_start[i]), self.segment_len):
+                n += int(self._buf["valid"][k][i])
+                self._buf["valid"][k][i] = False
+        if not self.quarantined_episodes:
+            log.warning(
+                "env manager %d: non-finite observation, reward or cost from env(s) %s; their "
+                "episodes are quarantined (counted in quarantined_samples, never trained)",
+                self.manager_id,
+                self.env_ids[bad].tolist(),
+            )
+        self.quarantined_episodes += int(bad.sum())
+        self.quarantined_samples += n
+        self._buf_quarantined += n
 
     def shutdown(self) -> None:
         self.env.close()

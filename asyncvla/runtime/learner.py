@@ -190,6 +190,7 @@ class Learner:
         for g, c in zip(*np.unique(gap[seg.valid & ok], return_counts=True), strict=True):
             hist[int(g)] = hist.get(int(g), 0) + int(c)
         stats["env_steps"] = stats.get("env_steps", 0) + seg.env_steps
+        stats["quarantined"] = stats.get("quarantined", 0) + seg.quarantined
         for k in ("success", "return", "length"):
             stats.setdefault("episodes_" + k, []).extend(seg.episodes[k])
         adv, ret = self.method.advantages(seg, self.bootstrap_values(seg))
@@ -279,6 +280,7 @@ class Learner:
             lr=lr,
             train_samples=float(size),
             rejected_samples=float(stats.get("rejected", 0)),
+            quarantined_samples=float(stats.get("quarantined", 0)),
             staleness_mean=sum(g * c for g, c in gaps.items()) / total if total else 0.0,
             staleness_max=float(max(gaps, default=0)),
             staleness_hist={str(g): c for g, c in sorted(gaps.items())},

@@ -168,6 +168,7 @@ class Trainer:
         st["update"] += 1
         st["env_steps"] += metrics.pop("batch_env_steps")
         st["decisions"] = st.get("decisions", 0) + int(metrics["train_samples"])
+        st["quarantined_samples"] = st.get("quarantined_samples", 0) + int(metrics["quarantined_samples"])
         st["wall_s"] = self.wall_s_start + elapsed
         self.recent_success.extend(metrics.pop("episodes_success"))
         self.recent_return.extend(metrics.pop("episodes_return"))

@@ -98,6 +98,9 @@ class Segment:
         default_factory=lambda: {"return": [], "length": [], "success": []}
     )
     """Episodes that ended inside this segment."""
+    quarantined: int = 0
+    """Decisions marked invalid (never trained) because their env returned a non-finite
+    observation, reward or cost: the bad step and the earlier decisions of its episode here."""
 
     @property
     def num_samples(self) -> int:
