@@ -9,13 +9,16 @@ LIBERO_STAMP := $(VENV)/.libero-$(shell cat requirements-libero.lock asyncvla/en
 export HF_HUB_OFFLINE := 1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# The venv is installed without byte-compiling (--no-compile, below); modules are compiled when
+# first imported and cached, so that every later process (each Ray worker) reads the cache.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo compare seeds test test-fast lint env-speed libero clean
 
 $(STAMP):
 	$(PY) -m venv $(VENV)
-	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build. --no-compile: modules
-	# are byte-compiled when first imported, not all at install (halves the install time).
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build. --no-compile: only
+	# the modules a run imports are byte-compiled, on first import (halves the install time).
 	$(BIN)/pip install -q --no-compile torch==2.13.0
 	$(BIN)/pip install -q --no-compile -r requirements.lock
 	$(BIN)/pip install -q --no-compile --no-deps --no-build-isolation -e .
