@@ -303,9 +303,11 @@ def eval_cmd(
     cfg = _config(cfg_path, overrides) if cfg_path else _config(None, overrides)  # type: ignore[arg-type]
     try:
         env = probe_env(cfg)
-        env.close()
-        policy = load_policy(checkpoint)
-        check_fits(policy, env, f"checkpoint {checkpoint}")
+        try:
+            policy = load_policy(checkpoint)
+            check_fits(policy, env, f"checkpoint {checkpoint}")
+        finally:
+            env.close()
     except (ConfigError, FileNotFoundError, CheckpointError) as e:
         _fail(e)
     res = evaluate(cfg, policy, episodes)
@@ -354,15 +356,17 @@ def trainer_speed(
     cfg = _config(config, overrides or [])
     try:
         env = probe_env(cfg)
-        env.close()
-        if init is not None:
-            policy = load_policy(init)
-            check_fits(policy, env, f"--init {init}")
-        else:
-            import torch
+        try:
+            if init is not None:
+                policy = load_policy(init)
+                check_fits(policy, env, f"--init {init}")
+            else:
+                import torch
 
-            torch.manual_seed(cfg.seed)
-            policy = build_policy(cfg, env)
+                torch.manual_seed(cfg.seed)
+                policy = build_policy(cfg, env)
+        finally:
+            env.close()
     except (ConfigError, FileNotFoundError, CheckpointError) as e:
         _fail(e)
     console.print_json(json.dumps(measure(cfg, policy, repeats=repeats, threads=threads)))

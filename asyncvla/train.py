@@ -152,18 +152,19 @@ def train(
     if resume and ckpt is None:
         probe.close()
         raise FileNotFoundError(f"--resume: no checkpoint in {Path(run_path) / 'checkpoints'}")
+    # The policy to start from: the checkpoint resumed from, or a train.init checkpoint directory.
+    source, label = (ckpt, f"checkpoint {ckpt}") if ckpt is not None else (None, "")
+    if ckpt is None and cfg.train.init not in (None, "sft"):
+        source, label = Path(cfg.train.init), f"train.init {cfg.train.init}"
     init_policy = None
     try:
-        if ckpt is None and cfg.train.init not in (None, "sft"):
-            if not (Path(cfg.train.init) / "policy.json").is_file():
+        if source is not None:
+            if ckpt is None and not (source / "policy.json").is_file():
                 raise ConfigError(
                     f"train.init: {cfg.train.init} is not a checkpoint directory; allowed: null, sft, or one"
                 )
-            init_policy = load_policy(cfg.train.init)
-            check_fits(init_policy, probe, f"train.init {cfg.train.init}")
-        elif ckpt is not None:
-            init_policy = load_policy(ckpt)
-            check_fits(init_policy, probe, f"checkpoint {ckpt}")
+            init_policy = load_policy(source)
+            check_fits(init_policy, probe, label)
     finally:
         probe.close()
     resumed = json.loads((ckpt / "state.json").read_text()) if ckpt is not None else None

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -148,7 +149,7 @@ def load_policy(directory: str | Path) -> Policy:
         raise CheckpointError(f"{meta_path}: {e.args[0]}") from None
     try:
         state = load_file(str(weights))
-    except Exception as e:  # safetensors raises its own error type for a truncated or foreign file
+    except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights}: unreadable (truncated or not safetensors): {e}") from None
     try:
         policy = cls(**kwargs)

@@ -175,8 +175,7 @@ class EnvManager:
         self._buf_env_steps = 0
         self._buf_quarantined = 0
         self._episodes: dict[str, list[float]] = {"return": [], "length": [], "success": []}
-        if hasattr(self, "_ep_start"):
-            self._ep_start[:] = 0
+        self._ep_start[:] = 0
 
     # -- the state machine ------------------------------------------------------------------------
     @property
