@@ -198,6 +198,16 @@ class RuntimeConfig(_Strict):
     """Every actor must be placed and constructed within this time, else the run fails naming them."""
     stall_timeout_s: float = Field(900.0, gt=0.0)
     """Watchdog: the run fails (all workers stopped) if no update completes for this long."""
+    max_restarts: int = Field(3, ge=0)
+    """Supervision: an env or rollout worker that dies is restarted, at most this many times per
+    worker within ``restart_window_s``; one more stops the run naming the worker and the last
+    cause (0: no restarts, the first failure stops the run)."""
+    restart_window_s: float = Field(600.0, gt=0.0)
+    """The crash-loop window of ``max_restarts``."""
+    max_env_errors: int = Field(20, ge=0)
+    """A simulator that raises inside ``step`` or ``reset`` is handled by its env manager (the
+    affected episodes dropped, the envs reset or rebuilt) up to this many times per manager within
+    ``restart_window_s``; one more fails the env worker (then supervision restarts it)."""
     address: str | None = None
     """Ray cluster to join (``auto`` or HOST:PORT); None starts a local instance."""
 

@@ -21,6 +21,7 @@ from asyncvla.rundir import RunDir, atomic_write_text
 from asyncvla.runtime.autoplace import resolve as resolve_auto
 from asyncvla.runtime.driver import run_schedule
 from asyncvla.runtime.launcher import load_weights
+from asyncvla.runtime.trainer import LOSS_COUNTERS
 from asyncvla.runtime.types import concat_obs
 from asyncvla.sft import behaviour_clone, collect_demos, pretrain_grounding
 
@@ -218,11 +219,14 @@ def train(
         "updates": state["update"],
         "policy_version": policy.version,
         "env_steps": state["env_steps"],
-        "env_steps_collected": sum(e["env_steps"] for e in res.env_stats),
+        "env_steps_collected": sum(e["env_steps"] for e in res.env_stats) + acc["collected_by_dead_workers"],
         "samples_trained": acc["trained_samples"],
         "samples_rejected": acc["rejected_samples"],
         "samples_quarantined": int(acc["state"].get("quarantined_samples", 0)),
-        "samples_collected_untrained": acc["leftover_samples"],
+        "samples_collected_untrained": acc["leftover_samples"] + acc["discarded_samples"],
+        # supervision: what dead workers took with them, and how often workers were restarted
+        **{k: int(acc["state"].get(k, 0)) for k in LOSS_COUNTERS},
+        "env_errors": sum(e.get("env_errors", 0) for e in res.env_stats),
         "rollout_batches": sum(r["batches"] for r in res.rollout_stats),
         "ray": res.ray,
         "wall_s": state["wall_s"],

@@ -8,7 +8,9 @@ thread/asyncio plumbing and the event sink. The workers' logic is tested without
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
+import socket
 import threading
 import time
 import warnings
@@ -25,7 +27,7 @@ from asyncvla.runtime.events import EventBuffer, EventWriter
 from asyncvla.runtime.gate import StalenessGate, Ticket
 from asyncvla.runtime.placement import plan
 from asyncvla.runtime.rollout_worker import RolloutSpec, RolloutWorker
-from asyncvla.runtime.trainer import Trainer, TrainerSpec
+from asyncvla.runtime.trainer import Lost, Trainer, TrainerSpec
 from asyncvla.runtime.types import ActionReply, ObsRequest, Segment
 from asyncvla.runtime.weights import PolicySpec, pack, unpack
 
@@ -42,18 +44,56 @@ def _events(name: str, coordinator: Any) -> EventBuffer:
     return EventBuffer(name, lambda ev: coordinator.log.remote(ev))
 
 
+def whereabouts(name: str) -> dict[str, Any]:
+    """Where an actor runs: its name, process id, host and Ray node (``worker_start`` events)."""
+    return {
+        "actor": name,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "node": ray.get_runtime_context().get_node_id(),
+    }
+
+
 class Coordinator:
-    """Hands out staleness tickets and writes ``events.jsonl``. Light: no torch work."""
+    """Hands out staleness tickets, remembers who holds which (supervision) and writes
+    ``events.jsonl``. Light: no torch work."""
 
     def __init__(self, batch_samples: int, start_version: int, events_path: str | None) -> None:
         self.gate = StalenessGate(batch_samples, start_version)
         self.writer = EventWriter(Path(events_path) if events_path else None)
+        self.held: dict[str, dict[int, Ticket]] = {}
+        """holder -> its tickets of batches not trained yet"""
+        self.progress: dict[int, dict[str, int]] = {}
+        """ticket id -> what its segment held at the holder's last report"""
+        self.collected: dict[str, dict[int, int]] = {}
+        """holder -> manager -> env steps collected"""
 
-    def ping(self) -> str:
-        return "coordinator"
+    def ping(self) -> dict[str, Any]:
+        return whereabouts("coordinator")
 
-    def acquire(self, samples: list[int]) -> list[Ticket]:
-        return [self.gate.acquire(n) for n in samples]
+    def acquire(self, samples: list[int], holder: str = "") -> list[Ticket]:
+        out = [self.gate.acquire(n) for n in samples]
+        self.held.setdefault(holder, {}).update({t.ticket_id: t for t in out})
+        return out
+
+    def report(self, holder: str, progress: dict[int, dict[str, int]]) -> None:
+        for m, p in progress.items():
+            if p.get("ticket", -1) >= 0:
+                self.progress[p["ticket"]] = p
+            self.collected.setdefault(holder, {})[m] = p.get("env_steps_total", 0)
+
+    def trained(self, version: int) -> None:
+        """Batches below ``version`` are trained, so their tickets all arrived: forget them."""
+        for tickets in self.held.values():
+            for tid in [tid for tid, t in tickets.items() if t.target_version < version]:
+                del tickets[tid]
+                self.progress.pop(tid, None)
+
+    def release(self, holder: str) -> tuple[list[Ticket], list[dict[str, int]], int]:
+        """A holder died: its open tickets, what each segment held, and the env steps it collected."""
+        tickets = sorted(self.held.pop(holder, {}).values(), key=lambda t: t.ticket_id)
+        counts = [self.progress.pop(t.ticket_id, {}) for t in tickets]
+        return tickets, counts, sum(self.collected.pop(holder, {}).values())
 
     def log(self, events: list[dict[str, Any]]) -> None:
         self.writer.write(events)
@@ -65,11 +105,15 @@ class Coordinator:
 class _RayEnvTransport:
     """``EnvTransport`` over Ray: requests to rollout actors, segments to the trainer actor."""
 
-    def __init__(self, rollouts: list[Any], trainer: Any, coordinator: Any) -> None:
+    def __init__(self, name: str, rollouts: list[Any], trainer: Any, coordinator: Any) -> None:
+        self.name = name
         self.rollouts, self.trainer, self.coordinator = rollouts, trainer, coordinator
 
     def acquire(self, samples: list[int]) -> list[Ticket]:
-        return ray.get(self.coordinator.acquire.remote(samples))
+        return ray.get(self.coordinator.acquire.remote(samples, self.name))
+
+    def report(self, progress: dict[int, dict[str, int]]) -> None:
+        self.coordinator.report.remote(self.name, progress)
 
     def infer(self, rollout: int, request: ObsRequest) -> Any:
         return self.rollouts[rollout].infer.remote(request)
@@ -97,12 +141,12 @@ class EnvWorkerActor:
     ) -> None:
         _set_threads(cfg, "env")
         self.name = f"env{spec.worker_id}"
-        transport = _RayEnvTransport(rollouts, trainer, coordinator)
+        transport = _RayEnvTransport(self.name, rollouts, trainer, coordinator)
         self.worker = EnvWorker(cfg, spec, transport, _events(self.name, coordinator))
         self._stop = threading.Event()
 
-    def ping(self) -> str:
-        return self.name
+    def ping(self) -> dict[str, Any]:
+        return whereabouts(self.name)
 
     def run(self) -> dict[str, Any]:
         return self.worker.run(self._stop)
@@ -125,8 +169,8 @@ class RolloutWorkerActor:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
 
-    async def ping(self) -> str:
-        return self.name
+    async def ping(self) -> dict[str, Any]:
+        return whereabouts(self.name)
 
     def _start(self) -> None:
         if self._task is None:
@@ -188,19 +232,38 @@ class TrainerActor:
         self.name = "trainer"
         self.rollouts = rollouts
         self.trainer = Trainer(cfg, spec, policy, self._publish, _events(self.name, coordinator))
-        self.q: queue.Queue[Segment] = queue.Queue(maxsize=cfg.runtime.queue_segments)
+        self.q: queue.Queue[Segment | Lost] = queue.Queue(maxsize=cfg.runtime.queue_segments)
         self._stop = threading.Event()
         self._draining = threading.Event()
+        self._latest: tuple[int, Any, float] | None = None
 
-    def ping(self) -> str:
-        return self.name
+    def ping(self) -> dict[str, Any]:
+        return whereabouts(self.name)
 
     def _publish(self, version: int, weights: dict[str, torch.Tensor]) -> Any:
         t = time.time()
         ref = ray.put(pack(weights))
+        self._latest = (version, ref, t)
         for r in self.rollouts:
             r.offer_weights.remote(version, [ref], t)
         return ref
+
+    def replace_rollout(self, i: int, handle: Any) -> None:
+        """A restarted rollout worker: publish to it from now on, starting with the latest weights."""
+        self.rollouts[i] = handle
+        if self._latest is not None:
+            version, ref, t = self._latest
+            ray.get(handle.offer_weights.remote(version, [ref], t))
+
+    def void(self, lost: Lost) -> None:
+        """Queued behind the segments already waiting, so those still count as arrived."""
+        while not self._draining.is_set():
+            try:
+                self.q.put(lost, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        self.trainer.void(lost, settle=False)  # after the run: only the counters move
 
     def put_segment(self, seg: Segment) -> None:
         """Blocks while the queue is full: backpressure on the env workers. After the run it
@@ -217,11 +280,14 @@ class TrainerActor:
         self.trainer.start()
         while self.trainer.updates_done < updates and not self._stop.is_set():
             try:
-                seg = self.q.get(timeout=0.2)
+                item = self.q.get(timeout=0.2)
             except queue.Empty:
                 self.trainer.events.tick()
                 continue
-            self.trainer.add(seg)
+            if isinstance(item, Lost):
+                self.trainer.void(item)
+            else:
+                self.trainer.add(item)
         self.trainer.finish()
         self._draining.set()
         self._drain()
@@ -239,9 +305,13 @@ class TrainerActor:
         """Move whatever is still queued (a put may land just after the run ends) to leftover."""
         while True:
             try:
-                self.trainer.keep_leftover(self.q.get_nowait())
+                item = self.q.get_nowait()
             except queue.Empty:
                 break
+            if isinstance(item, Lost):
+                self.trainer.void(item, settle=False)
+            else:
+                self.trainer.keep_leftover(item)
 
     def accounting(self) -> dict[str, Any]:
         """Call after the env workers have stopped (their puts have all returned)."""

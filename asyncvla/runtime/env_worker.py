@@ -104,21 +104,26 @@ class EnvManager:
         episode_mode: bool = False,
         group_size: int = 1,
         num_shards: int = 1,
+        generation: int = 0,
+        max_env_errors: int = 20,
+        error_window_s: float = 600.0,
     ) -> None:
         if not 1 <= num_shards <= num_envs:
             raise ValueError(f"num_shards must be in 1..{num_envs}; got {num_shards}")
         self.manager_id = manager_id
-        self.env = make_env(
-            env_name, num_envs=num_envs, **manager_env_kwargs(env_name, env_kwargs, manager_id)
-        )
+        self._env_name = env_name
+        self._env_kwargs = manager_env_kwargs(env_name, env_kwargs, manager_id)
+        self.env = make_env(env_name, num_envs=num_envs, **self._env_kwargs)
         self.n = num_envs
         self.env_ids = np.arange(manager_id * num_envs, (manager_id + 1) * num_envs, dtype=np.int64)
         self.rollout_steps = rollout_steps
         self.episode_mode = episode_mode
         self.group_size = group_size
-        self.rng = np.random.default_rng([seed, manager_id])
+        # A restarted worker's managers (generation g > 0) draw other init states than the worker
+        # they replace, and number their segments from g * 10**6 (segment ids stay unique).
+        self.rng = np.random.default_rng([seed, manager_id] + ([generation] if generation else []))
         self._request_id = 0
-        self._segment_id = 0
+        self._segment_id = generation * 10**6
         self._group_counter = 0
         self.shards = [a.astype(np.int64) for a in np.array_split(np.arange(num_envs), num_shards)]
         self._pending: int | None = None
@@ -132,6 +137,14 @@ class EnvManager:
         self._ep_start = np.zeros(self.n, dtype=np.int64)  # buffer index where each episode began
         self.quarantined_samples = 0
         self.quarantined_episodes = 0
+        self.env_errors = 0
+        """Simulator exceptions handled here (each drops the affected episodes)."""
+        self.last_env_error = ""
+        self._error_times: list[float] = []
+        self.max_env_errors = max_env_errors
+        self.error_window_s = error_window_s
+        self.progress: dict[str, int] = {}
+        """The segment of the last decision: ticket, env steps, valid decisions, episodes touched."""
         self._group_ids: np.ndarray | None = None
         self._clear_buffer()
         self.obs = self._reset_all()
@@ -174,6 +187,7 @@ class EnvManager:
         }
         self._buf_env_steps = 0
         self._buf_quarantined = 0
+        self._buf_decisions = 0
         self._episodes: dict[str, list[float]] = {"return": [], "length": [], "success": []}
         self._ep_start[:] = 0
 
@@ -291,17 +305,34 @@ class EnvManager:
         out: list[Segment] = []
 
         valid = ~self._done
-        obs, reward, term, trunc, info = self.env.step(actions)
-        steps = np.asarray(info["steps"])
+        rebuilt = False
+        try:
+            obs, reward, term, trunc, info = self.env.step(actions)
+            failed = np.asarray(info.get("failed", np.zeros(self.n, dtype=bool)), dtype=bool)
+        except Exception as e:
+            # The simulator raised for the whole batch: every running episode is dropped and the
+            # env is rebuilt; its envs restart below like any finished env.
+            self._env_error(e, "step")
+            self._rebuild()
+            rebuilt = True
+            obs, failed = self.obs, valid.copy()
+            reward, cost = np.zeros(self.n, np.float32), np.zeros(self.n, np.float32)
+            term = trunc = np.zeros(self.n, dtype=bool)
+            info = {"steps": np.zeros(self.n, np.int32), "cost": cost, "success": term}
+        if failed.any() and not rebuilt:  # an env reported that its simulator failed this step
+            self._env_error(RuntimeError(f"env(s) {self.env_ids[failed].tolist()} failed"), "step")
+        steps = np.where(failed, 0, np.asarray(info["steps"]))
         cost = np.asarray(info["cost"])
-        # Quarantine: an env that returns a non-finite observation, reward or cost ends its
-        # episode here; that step and the episode's earlier decisions in this segment are never
-        # trained (counted), and the episode is not reported.
-        bad = valid & ~_finite_rows(obs, reward, cost)
+        # Quarantine: an env that returns a non-finite observation, reward or cost, or whose
+        # simulator failed, ends its episode here; that step and the episode's earlier decisions
+        # in this segment are never trained (counted), and the episode is not reported.
+        bad = valid & (failed | ~_finite_rows(obs, reward, cost))
         if bad.any():
             reward, cost = np.where(bad, 0.0, reward), np.where(bad, 0.0, cost)
             obs = _sanitize(obs, bad)
-            self._quarantine(bad)
+            self._quarantine(
+                bad, "a failed simulator" if failed.any() else "a non-finite observation, reward or cost"
+            )
         done = (term | trunc | bad) & valid
         b = self._buf
         b["obs"].append(self.obs)
@@ -314,6 +345,7 @@ class EnvManager:
         b["versions"].append(versions)
         b["valid"].append(valid & ~bad)
         b["features"].append(features)
+        self._buf_decisions += int((valid & ~bad).sum())
         self._buf_env_steps += int(steps.sum())
         self.env_steps_total += int(steps.sum())
 
@@ -327,20 +359,93 @@ class EnvManager:
         if self.episode_mode:
             self._done |= done
             self.obs = obs
+            self._note_progress()
             if self._done.all():
                 out.append(self.close(np.zeros(self.n, dtype=np.float32)))
-                self.obs = self._reset_all()
+                self.obs = self._reset_all_safely()
             return out
         if done.any():
-            idx = np.flatnonzero(done)
-            seeds, inits = self._draw(len(idx))
-            obs, _ = self.env.reset(seed=seeds, options={"init_state": inits, "env_indices": idx.tolist()})
+            obs = self._reset_safely(obs, done)
         self.obs = obs
+        self._note_progress()
         if self.segment_len >= self.rollout_steps:
             out.append(self.close())
         return out
 
-    def _quarantine(self, bad: np.ndarray) -> None:
+    # -- simulator failures -------------------------------------------------------------------------
+    def _env_error(self, e: BaseException, where: str) -> None:
+        """Count a simulator failure; too many within the window re-raise it (the worker fails)."""
+        now = time.monotonic()
+        self._error_times = [t for t in self._error_times if now - t < self.error_window_s] + [now]
+        self.env_errors += 1
+        self.last_env_error = f"{where}: {type(e).__name__}: {e}"
+        log.warning("env manager %d: simulator failed in %s", self.manager_id, self.last_env_error)
+        if len(self._error_times) > self.max_env_errors:
+            raise RuntimeError(
+                f"env manager {self.manager_id}: the simulator failed {len(self._error_times)} times "
+                f"within {self.error_window_s:.0f} s (runtime.max_env_errors {self.max_env_errors}); "
+                f"last: {self.last_env_error}"
+            ) from e
+
+    def _rebuild(self) -> None:
+        try:
+            self.env.close()
+        except Exception:  # a crashed simulator may not close cleanly; it is replaced either way
+            pass
+        self.env = make_env(self._env_name, num_envs=self.n, **self._env_kwargs)
+
+    def _reset_safely(self, obs: ObsBatch, done: np.ndarray) -> ObsBatch:
+        """Reset the finished envs; if the simulator raises, rebuild it and restart every env,
+        dropping the running episodes of the others (their decisions in this segment)."""
+        idx = np.flatnonzero(done)
+        seeds, inits = self._draw(len(idx))
+        try:
+            obs, _ = self.env.reset(seed=seeds, options={"init_state": inits, "env_indices": idx.tolist()})
+            return obs
+        except Exception as e:
+            self._env_error(e, "reset")
+        self._drop_running(~done)
+        self._rebuild()
+        return self._reset_all_safely()
+
+    def _reset_all_safely(self) -> ObsBatch:
+        while True:
+            try:
+                return self._reset_all()
+            except Exception as e:
+                self._env_error(e, "reset")  # raises once the manager's error budget is spent
+                self._rebuild()
+
+    def _drop_running(self, rows: np.ndarray) -> None:
+        """Episodes of envs ``rows`` end unreported: their recorded decisions in this segment
+        become invalid (counted as quarantined)."""
+        if not rows.any() or not self.segment_len:
+            return
+        n = 0
+        for i in np.flatnonzero(rows):
+            for k in range(int(self._ep_start[i]), self.segment_len):
+                n += int(self._buf["valid"][k][i])
+                self._buf["valid"][k][i] = False
+        self._buf["dones"][-1] = self._buf["dones"][-1] | rows
+        self._tracker.drop(rows)
+        self._ep_start[rows] = self.segment_len
+        self.quarantined_episodes += int(rows.sum())
+        self.quarantined_samples += n
+        self._buf_quarantined += n
+        self._buf_decisions -= n
+
+    def _note_progress(self) -> None:
+        """What a crash of this worker would lose of the open segment (reported to the driver)."""
+        running = (~self._done) if self.episode_mode else (self._ep_start < self.segment_len)
+        self.progress = {
+            "ticket": -1 if self.ticket is None else self.ticket.ticket_id,
+            "env_steps": self._buf_env_steps,
+            "samples": self._buf_decisions,
+            "episodes": len(self._episodes["success"]) + int(running.sum()),
+            "env_steps_total": self.env_steps_total,
+        }
+
+    def _quarantine(self, bad: np.ndarray, why: str = "a non-finite observation, reward or cost") -> None:
         """Invalidate the buffered decisions of the episodes of envs ``bad`` and count them with
         the step about to be recorded."""
         n = int(bad.sum())
@@ -350,14 +455,16 @@ class EnvManager:
                 self._buf["valid"][k][i] = False
         if not self.quarantined_episodes:
             log.warning(
-                "env manager %d: non-finite observation, reward or cost from env(s) %s; their "
-                "episodes are quarantined (counted in quarantined_samples, never trained)",
+                "env manager %d: %s in env(s) %s; their episodes are quarantined (counted in "
+                "quarantined_samples, never trained)",
                 self.manager_id,
+                why,
                 self.env_ids[bad].tolist(),
             )
         self.quarantined_episodes += int(bad.sum())
         self.quarantined_samples += n
         self._buf_quarantined += n
+        self._buf_decisions -= n - int(bad.sum())
 
     def shutdown(self) -> None:
         self.env.close()
@@ -370,6 +477,8 @@ class EnvWorkerSpec:
     routes: dict[tuple[int, int], int]
     """(manager, shard) -> rollout worker; a manager has as many shards as its routes name."""
     start_update: int = 0
+    generation: int = 0
+    """How many times this worker has been restarted (supervision)."""
 
 
 class EnvTransport(Protocol):
@@ -392,6 +501,9 @@ class EnvTransport(Protocol):
 
     def settle(self, handles: list[Any], keep: int) -> list[Any]:
         """Wait until at most ``keep`` of the shipped ``handles`` are outstanding; those remain."""
+
+    def report(self, progress: dict[int, dict[str, int]]) -> None:
+        """Per manager, what the open (or just shipped) segment holds; fire and forget."""
 
 
 class EnvWorker:
@@ -417,6 +529,9 @@ class EnvWorker:
                 episode_mode=algo.episode_mode,
                 group_size=cfg.algo.group_size,
                 num_shards=sum(1 for mm, _ in self.routes if mm == m),
+                generation=spec.generation,
+                max_env_errors=cfg.runtime.max_env_errors,
+                error_window_s=cfg.runtime.restart_window_s,
             )
             for m in spec.manager_ids
         }
@@ -436,8 +551,11 @@ class EnvWorker:
 
     def _step(self, m: EnvManager, puts: list[Any]) -> None:
         t0 = time.time()
+        errors = m.env_errors
         segs = m.apply([])
         self.events.emit("env_step", t0=t0, t1=time.time(), manager=m.manager_id, n=m.n)
+        if m.env_errors != errors:
+            self.events.emit("env_error", manager=m.manager_id, count=m.env_errors, cause=m.last_env_error)
         for seg in segs:
             puts.append(self.transport.ship(seg))
             self.shipped.append((seg.manager_id, seg.segment_id, seg.num_samples))
@@ -450,6 +568,7 @@ class EnvWorker:
                 samples=seg.num_samples,
                 versions=sorted({int(v) for v in np.unique(seg.versions)}),
             )
+        self.transport.report({m.manager_id: m.progress})
         if len(puts) > self.max_inflight:
             # Bounded queue: wait until the trainer has taken enough segments.
             puts[:] = self.transport.settle(puts, self.max_inflight)
@@ -489,6 +608,7 @@ class EnvWorker:
             "worker": self.name,
             "env_steps": sum(m.env_steps_total for m in ms),
             "samples": sum(m.samples_total for m in ms),
+            "env_errors": sum(m.env_errors for m in ms),
             "shipped": list(self.shipped),
         }
 

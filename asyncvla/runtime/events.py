@@ -29,6 +29,9 @@ KINDS = (
     "rejected",  # the trainer refused samples beyond the staleness bound
     "run_start",  # the driver started the schedule (mode, max_staleness)
     "run_end",  # the trainer made its last update (updates)
+    "worker_start",  # an actor is up: its name, pid, host, Ray node and generation (restarts)
+    "worker_failed",  # supervision saw an actor fail (cause) and restarts it or stops the run
+    "env_error",  # an env manager handled a simulator exception (episodes dropped, envs reset)
 )
 
 

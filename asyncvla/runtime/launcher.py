@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,12 @@ import ray
 from asyncvla.config import Config
 from asyncvla.policies import Policy
 from asyncvla.runtime import actors
+from asyncvla.runtime.env_worker import EnvWorkerSpec
+from asyncvla.runtime.events import EventBuffer
 from asyncvla.runtime.placement import plan, worker_specs
 from asyncvla.runtime.rayenv import prepare_ray_env
-from asyncvla.runtime.trainer import TrainerSpec
+from asyncvla.runtime.rollout_worker import RolloutSpec
+from asyncvla.runtime.trainer import Lost, TrainerSpec
 from asyncvla.runtime.weights import PolicySpec, unpack
 
 
@@ -54,7 +58,16 @@ def _error(e: BaseException) -> WorkerError:
 
 class Runtime:
     """The actors of one run, built from the config: a coordinator, the rollout workers, the
-    trainer and the env workers (``placement.worker_specs`` says who holds what)."""
+    trainer and the env workers (``placement.worker_specs`` says who holds what).
+
+    Supervision: an env or rollout worker that fails (an exception, its process killed, its actor
+    lost) is replaced by a new actor with the same spec; the tickets of the dead env worker's open
+    segments are given up at the trainer (``Trainer.void``: counted as lost, never trained, and
+    their batches train without them), and a new rollout worker starts from the latest weights.
+    More than ``runtime.max_restarts`` restarts of one worker within ``runtime.restart_window_s``
+    stop the run with one line naming the worker and its last cause. A failed trainer stops the
+    run (``train --resume`` continues from its last checkpoint).
+    """
 
     def __init__(
         self,
@@ -67,20 +80,20 @@ class Runtime:
         self.cfg = cfg
         self.switches, self.eta = cfg.schedule()
         rt = cfg.runtime
-        places = plan(cfg)
-        pspec = PolicySpec.of(policy, cfg.policy.name)
-        env_specs, rollout_specs = worker_specs(cfg, state["update"])
+        self.places = places = plan(cfg)
+        self.pspec = pspec = PolicySpec.of(policy, cfg.policy.name)
+        self.env_specs, self.rollout_specs = worker_specs(cfg, state["update"])
         self.coordinator = (
             ray.remote(actors.Coordinator)
             .options(num_cpus=0)
             .remote(cfg.global_batch(), policy.version, str(run_path / "events.jsonl") if run_path else None)
         )
-        self.rollouts = [
-            ray.remote(actors.RolloutWorkerActor)
-            .options(**places["rollout"].ray_options(), max_concurrency=1000)
-            .remote(cfg=cfg, spec=spec, policy=pspec, coordinator=self.coordinator)
-            for spec in rollout_specs
-        ]
+        self.events = EventBuffer("driver", lambda ev: self.coordinator.log.remote(ev), flush_every_s=0.0)
+        self.generation: dict[str, int] = {}
+        self.failures: dict[str, list[float]] = {}
+        self.collected_by_dead = 0
+        """Env steps collected by env workers that died (their last report)."""
+        self.rollouts = [self._new_rollout(spec) for spec in self.rollout_specs]
         tspec = TrainerSpec(
             run_path=str(run_path) if run_path else None,
             start_state=dict(state),
@@ -90,54 +103,108 @@ class Runtime:
             ray.remote(actors.TrainerActor)
             .options(
                 **places["trainer"].ray_options(),
-                max_concurrency=4 + rt.num_env_workers * (rt.queue_segments + 2),
+                max_concurrency=8 + rt.num_env_workers * (rt.queue_segments + 2),
             )
             .remote(cfg=cfg, spec=tspec, policy=pspec, rollouts=self.rollouts, coordinator=self.coordinator)
         )
-        self.env_workers = [
-            ray.remote(actors.EnvWorkerActor)
-            .options(**places["env"].ray_options(), max_concurrency=2)
-            .remote(
-                cfg=cfg, spec=spec, rollouts=self.rollouts, trainer=self.trainer, coordinator=self.coordinator
-            )
-            for spec in env_specs
-        ]
+        self.env_workers = [self._new_env(spec) for spec in self.env_specs]
         self.env_stats: list[dict[str, Any]] = []
         self._env_refs: list[Any] = []
-        self._wait_ready(places)
+        self._wait_ready(
+            {"coordinator": self.coordinator, "trainer": self.trainer}
+            | {f"rollout{i}": a for i, a in enumerate(self.rollouts)}
+            | {f"env{i}": a for i, a in enumerate(self.env_workers)}
+        )
 
-    def _wait_ready(self, places: dict[str, Any]) -> None:
-        everyone = [self.coordinator, *self.rollouts, self.trainer, *self.env_workers]
-        refs = [a.ping.remote() for a in everyone]
+    # -- actors -------------------------------------------------------------------------------------
+    def _new_rollout(self, spec: RolloutSpec) -> Any:
+        return (
+            ray.remote(actors.RolloutWorkerActor)
+            .options(**self.places["rollout"].ray_options(), max_concurrency=1000)
+            .remote(cfg=self.cfg, spec=spec, policy=self.pspec, coordinator=self.coordinator)
+        )
+
+    def _new_env(self, spec: EnvWorkerSpec) -> Any:
+        return (
+            ray.remote(actors.EnvWorkerActor)
+            .options(**self.places["env"].ray_options(), max_concurrency=2)
+            .remote(
+                cfg=self.cfg,
+                spec=spec,
+                rollouts=list(self.rollouts),
+                trainer=self.trainer,
+                coordinator=self.coordinator,
+            )
+        )
+
+    def _wait_ready(self, actors_by_name: dict[str, Any]) -> None:
+        names = list(actors_by_name)
+        refs = [actors_by_name[n].ping.remote() for n in names]
         ready, missing = ray.wait(refs, num_returns=len(refs), timeout=self.cfg.runtime.start_timeout_s)
         try:
-            ray.get(ready)
+            where = ray.get(ready)
         except ray.exceptions.RayError as e:
             raise _error(e) from None
         if missing:
-            wanted = {k: (p.num_cpus, p.num_gpus) for k, p in places.items()}
+            wanted = {k: (p.num_cpus, p.num_gpus) for k, p in self.places.items()}
             raise WorkerError(
                 f"{len(missing)} of {len(refs)} workers were not placed within "
                 f"{self.cfg.runtime.start_timeout_s:.0f} s; requested (cpus, gpus) per worker {wanted}, "
                 f"cluster has {ray.cluster_resources()}"
             )
+        for w in where:
+            self.events.emit("worker_start", generation=self.generation.get(w["actor"], 0), **w)
 
+    def _alive(self, actor: Any, timeout: float = 10.0) -> bool:
+        try:
+            ray.get(actor.ping.remote(), timeout=timeout)
+            return True
+        except (ray.exceptions.RayError, TimeoutError):
+            return False
+
+    def _count_failure(self, name: str, cause: str) -> None:
+        """Record a failure of ``name``; raise if it is one more than the restart budget allows."""
+        rt = self.cfg.runtime
+        now = time.monotonic()
+        times = [t for t in self.failures.get(name, []) if now - t < rt.restart_window_s] + [now]
+        self.failures[name] = times
+        restarting = len(times) <= rt.max_restarts
+        self.events.emit("worker_failed", actor=name, cause=cause, restarting=restarting)
+        if not restarting:
+            raise WorkerError(
+                f"{name} failed {len(times)} times within {rt.restart_window_s:.0f} s "
+                f"(runtime.max_restarts {rt.max_restarts}); last cause: {cause}"
+            )
+
+    def _restart_env(self, i: int, cause: str) -> None:
+        """Replace env worker ``i`` (and any rollout worker that died with it)."""
+        name = f"env{i}"
+        self._count_failure(name, cause)
+        try:
+            ray.kill(self.env_workers[i])  # an actor whose run raised is still alive
+        except Exception:
+            pass
+        for j, r in enumerate(self.rollouts):
+            if not self._alive(r):
+                self._count_failure(f"rollout{j}", f"{name} lost its replies ({cause})")
+                self.rollouts[j] = self._new_rollout(self.rollout_specs[j])
+                self.generation[f"rollout{j}"] = self.generation.get(f"rollout{j}", 0) + 1
+                self._wait_ready({f"rollout{j}": self.rollouts[j]})
+                ray.get(self.trainer.replace_rollout.remote(j, self.rollouts[j]))
+        tickets, counts, collected = ray.get(self.coordinator.release.remote(name))
+        self.collected_by_dead += collected
+        self.trainer.void.remote(Lost(tickets, counts, restarts=1))
+        self.generation[name] = self.generation.get(name, 0) + 1
+        spec = replace(self.env_specs[i], generation=self.generation[name])
+        self.env_workers[i] = self._new_env(spec)
+        self._wait_ready({name: self.env_workers[i]})
+        self._env_refs[i] = self.env_workers[i].run.remote()
+
+    # -- the schedule -------------------------------------------------------------------------------
     def run(self, updates: int, on_rows: Callable[[list[dict[str, Any]]], None]) -> dict[str, Any]:
-        self.coordinator.log.remote(
-            [
-                {
-                    "worker": "driver",
-                    "wseq": 0,
-                    "kind": "run_start",
-                    "t": time.time(),
-                    "mode": self.cfg.mode,
-                    "max_staleness": self.eta,
-                }
-            ]
-        )
+        self.events.emit("run_start", mode=self.cfg.mode, max_staleness=self.eta)
         env_refs = self._env_refs = [w.run.remote() for w in self.env_workers]
         trainer_ref = self.trainer.run.remote(updates)
-        names = {trainer_ref: "trainer", **{r: f"env{i}" for i, r in enumerate(env_refs)}}
         result = None
         last_progress = time.monotonic()
         while result is None:
@@ -145,32 +212,31 @@ class Runtime:
             rows = ray.get(self.trainer.pop_rows.remote())
             if rows:
                 last_progress = time.monotonic()
+                self.coordinator.trained.remote(rows[-1]["policy_version"])
                 on_rows(rows)
             elif time.monotonic() - last_progress > self.cfg.runtime.stall_timeout_s:
                 raise WorkerError(
                     f"no update finished for {self.cfg.runtime.stall_timeout_s:.0f} s (stalled)"
                 )
             for ref in ready:
-                try:
-                    out = ray.get(ref)
-                except ray.exceptions.RayError as e:
-                    raise _error(e) from None
                 if ref is trainer_ref:
-                    result = out
-                else:
-                    raise WorkerError(f"{names[ref]} stopped before the trainer finished")
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayError as e:
+                        raise WorkerError(
+                            f"trainer: {_error(e)} (`asyncvla train --resume` continues from the last checkpoint)"
+                        ) from None
+                    continue
+                i = env_refs.index(ref)
+                try:
+                    ray.get(ref)
+                    cause = "stopped before the trainer finished"
+                except ray.exceptions.RayError as e:
+                    cause = str(_error(e))
+                self._restart_env(i, cause)
+                last_progress = time.monotonic()
         on_rows(ray.get(self.trainer.pop_rows.remote()))
-        self.coordinator.log.remote(
-            [
-                {
-                    "worker": "driver",
-                    "wseq": 1,
-                    "kind": "run_end",
-                    "t": time.time(),
-                    "updates": result["updates"],
-                }
-            ]
-        )
+        self.events.emit("run_end", updates=result["updates"])
         self.stop_envs()
         return result
 
@@ -183,7 +249,9 @@ class Runtime:
             raise _error(e) from None
 
     def accounting(self) -> dict[str, Any]:
-        return ray.get(self.trainer.accounting.remote())
+        acc = ray.get(self.trainer.accounting.remote())
+        acc["collected_by_dead_workers"] = self.collected_by_dead
+        return acc
 
     def rollout_stats(self) -> list[dict[str, Any]]:
         return ray.get([r.stats.remote() for r in self.rollouts])
@@ -198,6 +266,7 @@ class Runtime:
         try:
             self.trainer.stop.remote()
             ray.get([r.stats.remote() for r in self.rollouts], timeout=5)
+            self.events.flush()
             ray.get(self.coordinator.close.remote(), timeout=5)
         except Exception:
             pass

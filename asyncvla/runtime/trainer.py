@@ -26,6 +26,7 @@ import torch
 from asyncvla.config import Config
 from asyncvla.rundir import atomic_dir, atomic_write_text
 from asyncvla.runtime.events import EventBuffer
+from asyncvla.runtime.gate import Ticket
 from asyncvla.runtime.learner import Learner
 from asyncvla.runtime.types import Segment
 from asyncvla.runtime.weights import PolicySpec
@@ -41,6 +42,22 @@ class TrainerSpec:
     """Counters at the start (``update``, ``env_steps``, ``wall_s``, ...; a resumed run's state)."""
     optimizer_dir: str | None = None
     """Checkpoint directory whose optimizer and schedule state to load (resume)."""
+
+
+@dataclass
+class Lost:
+    """Segments that will never arrive: their env worker died (supervision). Each ticket's batch
+    trains without it; ``counts`` (per ticket, possibly empty) say what the segment held when the
+    worker last reported: ``env_steps``, ``samples``, ``episodes``."""
+
+    tickets: list[Ticket]
+    counts: list[dict[str, int]]
+    restarts: int = 1
+    """Worker restarts this loss comes with (counted in ``worker_restarts``)."""
+
+
+LOSS_COUNTERS = ("lost_segments", "lost_samples", "lost_env_steps", "lost_episodes", "worker_restarts")
+"""Cumulative supervision counters of the trainer's state (metric rows, checkpoints, summary)."""
 
 
 Publish = Callable[[int, dict[str, torch.Tensor]], Any]
@@ -81,9 +98,16 @@ class Trainer:
         self.state = start
         self.wall_s_start = float(start.get("wall_s", 0.0))
         self.updates_done = 0
-        self._buffered: dict[int, list[Segment]] = {}
+        self._buffered: dict[int, list[Segment | Ticket]] = {}
         self._batch: list[Segment] = []
+        self._in_batch = 0  # tickets of the open batch accounted for: segments and lost ones
         self._expected: int | None = None
+        self._received_ids: dict[int, int] = {}  # ticket id -> target version, of open batches
+        self._void_ids: set[int] = set()
+        self.discarded_samples = 0
+        """Samples of segments that arrived after their ticket was given up (``void``): never trained."""
+        for k in LOSS_COUNTERS:
+            self.state.setdefault(k, 0)
         self._rows: list[dict[str, Any]] = []
         self._last_handle: Any = None
         self._lock = threading.Lock()
@@ -114,21 +138,53 @@ class Trainer:
         """Take one segment; train every batch it completes. Returns the number of updates made."""
         with self._lock:
             self.received.append((seg.manager_id, seg.segment_id, seg.num_samples))
+            if seg.ticket_id in self._void_ids:  # given up on (``void``) before it arrived
+                self.discarded_samples += seg.num_samples
+                return 0
+        if seg.ticket_id >= 0:
+            self._received_ids[seg.ticket_id] = seg.target_version
         self._buffered.setdefault(seg.target_version, []).append(seg)
+        return self._advance()
+
+    def void(self, lost: Lost, settle: bool = True) -> int:
+        """Give up the segments of ``lost.tickets`` that have not arrived: their batches train
+        without them (an update whose every ticket is lost publishes unchanged weights), so the
+        schedule never waits for a dead worker. Counts what they held; returns updates made.
+        ``settle=False`` (after the last update) only counts."""
+        st = self.state
+        st["worker_restarts"] += lost.restarts
+        for t, c in zip(lost.tickets, lost.counts, strict=True):
+            # a ticket of a trained batch has arrived (the batch needed it)
+            settled = t.target_version < self.version or t.ticket_id in self._received_ids
+            if settled or t.ticket_id in self._void_ids:
+                continue
+            with self._lock:
+                self._void_ids.add(t.ticket_id)
+            st["lost_segments"] += 1
+            st["lost_samples"] += int(c.get("samples", 0))
+            st["lost_env_steps"] += int(c.get("env_steps", 0))
+            st["lost_episodes"] += int(c.get("episodes", 0))
+            if settle:
+                self._buffered.setdefault(t.target_version, []).append(t)
+        return self._advance() if settle else 0
+
+    def _advance(self) -> int:
         made = 0
         u = self.version
         while self._buffered.get(u):
-            seg = self._buffered[u].pop(0)
-            if seg.closes_batch:
-                self._expected = seg.batch_tickets
-            self._batch.append(seg)
-            if self.streamer:
-                t0 = time.time()
-                ran = self.learner.stream_add(seg)
-                if ran:
-                    self.events.emit("micro_batch", t0=t0, t1=time.time(), count=ran, version=u)
-                self._t_busy += time.time() - t0
-            if self._expected is not None and len(self._batch) == self._expected:
+            item = self._buffered[u].pop(0)
+            if item.closes_batch:
+                self._expected = item.batch_tickets
+            self._in_batch += 1
+            if isinstance(item, Segment):
+                self._batch.append(item)
+                if self.streamer:
+                    t0 = time.time()
+                    ran = self.learner.stream_add(item)
+                    if ran:
+                        self.events.emit("micro_batch", t0=t0, t1=time.time(), count=ran, version=u)
+                    self._t_busy += time.time() - t0
+            if self._expected is not None and self._in_batch == self._expected:
                 self._train_batch(u)
                 made += 1
                 u = self.version
@@ -160,7 +216,7 @@ class Trainer:
         self._record(metrics, now - self._t_batch, self._t_busy, now - self._t_start)
         self._t_batch = time.perf_counter()
         self._t_busy = 0.0
-        self._batch, self._expected = [], None
+        self._batch, self._expected, self._in_batch = [], None, 0
 
     # -- metric rows and checkpoints -----------------------------------------------------------
     def _record(self, metrics: dict[str, Any], dt: float, busy: float, elapsed: float) -> None:
@@ -169,6 +225,8 @@ class Trainer:
         st["env_steps"] += metrics.pop("batch_env_steps")
         st["decisions"] = st.get("decisions", 0) + int(metrics["train_samples"])
         st["quarantined_samples"] = st.get("quarantined_samples", 0) + int(metrics["quarantined_samples"])
+        # Tickets of trained batches are settled: forget them (bounded memory).
+        self._received_ids = {i: v for i, v in self._received_ids.items() if v >= self.version}
         st["wall_s"] = self.wall_s_start + elapsed
         self.recent_success.extend(metrics.pop("episodes_success"))
         self.recent_return.extend(metrics.pop("episodes_return"))
@@ -186,6 +244,7 @@ class Trainer:
             "trainer_busy_frac": busy / dt if dt > 0 else 0.0,
             "lr": metrics.pop("lr"),
             **metrics,
+            **{k: st[k] for k in LOSS_COUNTERS},
         }
         if self.eval_every and st["update"] % self.eval_every == 0:
             row["_weights"] = [self._last_handle]
@@ -219,7 +278,9 @@ class Trainer:
         if self.run_path is not None and self.updates_done and self.state["update"] % self.checkpoint_every:
             self.save_checkpoint()
         with self._lock:
-            self.leftover.extend([s for v in self._buffered.values() for s in v] + self._batch)
+            self.leftover.extend(
+                [s for v in self._buffered.values() for s in v if isinstance(s, Segment)] + self._batch
+            )
         self._buffered, self._batch = {}, []
 
     def accounting(self) -> dict[str, Any]:
@@ -229,5 +290,6 @@ class Trainer:
                 "trained_samples": self.trained_samples,
                 "rejected_samples": self.rejected_samples,
                 "leftover_samples": sum(s.num_samples for s in self.leftover),
+                "discarded_samples": self.discarded_samples,
                 "state": dict(self.state),
             }

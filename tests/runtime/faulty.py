@@ -42,3 +42,43 @@ class NaNEnv(TabletopVecEnv):
                 obs = {**obs, "state": obs["state"].copy()}
                 obs["state"][i, 0] = float("nan")
         return obs, reward, term, trunc, info
+
+
+_RAISED: set[tuple[str, int]] = set()
+"""(what, call) failures already injected in this process: a rebuilt env does not repeat them."""
+
+
+class FlakyEnv(TabletopVecEnv):
+    """A simulator that fails, each failure once per process: ``fail_env`` maps a step call
+    (1-based) to the env index whose simulator fails there (reported in ``info["failed"]``);
+    ``raise_at`` lists step calls that raise for the whole batch, ``reset_raise_at`` reset calls
+    (after the first) that raise."""
+
+    def __init__(self, num_envs=1, fail_env=None, raise_at=(), reset_raise_at=(), **kwargs):
+        super().__init__(num_envs=num_envs, **kwargs)
+        self.fail_env = {int(k): int(v) for k, v in (fail_env or {}).items()}
+        self.raise_at, self.reset_raise_at = set(raise_at), set(reset_raise_at)
+        self.calls = self.resets = 0
+
+    def _once(self, what, call, wanted):
+        if call in wanted and (what, call) not in _RAISED:
+            _RAISED.add((what, call))
+            return True
+        return False
+
+    def reset(self, *, seed=None, options=None):
+        self.resets += 1
+        if self._once("reset", self.resets, self.reset_raise_at):
+            raise RuntimeError("simulator reset failed (injected)")
+        return super().reset(seed=seed, options=options)
+
+    def step(self, actions):
+        self.calls += 1
+        if self._once("raise", self.calls, self.raise_at):
+            raise RuntimeError("simulator step failed (injected)")
+        obs, reward, term, trunc, info = super().step(actions)
+        if self._once("fail", self.calls, set(self.fail_env)):
+            failed = np.zeros(self.num_envs, dtype=bool)
+            failed[self.fail_env[self.calls]] = True
+            info = {**info, "failed": failed}
+        return obs, reward, term, trunc, info

@@ -66,3 +66,6 @@ class LocalTransport:
 
     def settle(self, handles: list[Done], keep: int) -> list[Done]:
         return []
+
+    def report(self, progress: dict[int, dict[str, int]]) -> None:
+        self.progress = {**getattr(self, "progress", {}), **progress}
