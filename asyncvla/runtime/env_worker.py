@@ -382,7 +382,7 @@ class EnvManager:
         log.warning("env manager %d: simulator failed in %s", self.manager_id, self.last_env_error)
         if len(self._error_times) > self.max_env_errors:
             raise RuntimeError(
-                f"env manager {self.manager_id}: the simulator failed {len(self._error_times)} times "
+                f"env manager {self.manager_id}: the simulator failed {len(self._error_times)}x "
                 f"within {self.error_window_s:.0f} s (runtime.max_env_errors {self.max_env_errors}); "
                 f"last: {self.last_env_error}"
             ) from e

@@ -27,6 +27,8 @@ from asyncvla.runtime.rollout_worker import RolloutSpec
 from asyncvla.runtime.trainer import Lost, TrainerSpec
 from asyncvla.runtime.weights import PolicySpec, unpack
 
+RESUME_HINT = "`asyncvla train --resume --run-dir RUN` continues from its last checkpoint"
+
 
 class WorkerError(RuntimeError):
     """A worker failed; the message names the worker and the cause, once."""
@@ -172,7 +174,7 @@ class Runtime:
         self.events.emit("worker_failed", actor=name, cause=cause, restarting=restarting)
         if not restarting:
             raise WorkerError(
-                f"{name} failed {len(times)} times within {rt.restart_window_s:.0f} s "
+                f"{name} failed {len(times)}x within {rt.restart_window_s:.0f} s "
                 f"(runtime.max_restarts {rt.max_restarts}); last cause: {cause}"
             )
 
@@ -184,8 +186,10 @@ class Runtime:
             ray.kill(self.env_workers[i])  # an actor whose run raised is still alive
         except Exception:
             pass
+        restarts = 1
         for j, r in enumerate(self.rollouts):
             if not self._alive(r):
+                restarts += 1
                 self._count_failure(f"rollout{j}", f"{name} lost its replies ({cause})")
                 self.rollouts[j] = self._new_rollout(self.rollout_specs[j])
                 self.generation[f"rollout{j}"] = self.generation.get(f"rollout{j}", 0) + 1
@@ -193,7 +197,7 @@ class Runtime:
                 ray.get(self.trainer.replace_rollout.remote(j, self.rollouts[j]))
         tickets, counts, collected = ray.get(self.coordinator.release.remote(name))
         self.collected_by_dead += collected
-        self.trainer.void.remote(Lost(tickets, counts, restarts=1))
+        self.trainer.void.remote(Lost(tickets, counts, restarts=restarts))
         self.generation[name] = self.generation.get(name, 0) + 1
         spec = replace(self.env_specs[i], generation=self.generation[name])
         self.env_workers[i] = self._new_env(spec)
@@ -209,7 +213,10 @@ class Runtime:
         last_progress = time.monotonic()
         while result is None:
             ready, _ = ray.wait([trainer_ref, *env_refs], num_returns=1, timeout=0.25)
-            rows = ray.get(self.trainer.pop_rows.remote())
+            try:
+                rows = ray.get(self.trainer.pop_rows.remote())
+            except ray.exceptions.RayError as e:
+                raise WorkerError(f"trainer: {_error(e)} ({RESUME_HINT})") from None
             if rows:
                 last_progress = time.monotonic()
                 self.coordinator.trained.remote(rows[-1]["policy_version"])
@@ -223,9 +230,7 @@ class Runtime:
                     try:
                         result = ray.get(ref)
                     except ray.exceptions.RayError as e:
-                        raise WorkerError(
-                            f"trainer: {_error(e)} (`asyncvla train --resume` continues from the last checkpoint)"
-                        ) from None
+                        raise WorkerError(f"trainer: {_error(e)} ({RESUME_HINT})") from None
                     continue
                 i = env_refs.index(ref)
                 try:
@@ -233,6 +238,12 @@ class Runtime:
                     cause = "stopped before the trainer finished"
                 except ray.exceptions.RayError as e:
                     cause = str(_error(e))
+                if not self._alive(self.trainer):  # the env worker failed because the trainer did
+                    try:
+                        result = ray.get(trainer_ref, timeout=30)
+                    except (ray.exceptions.RayError, TimeoutError) as e:
+                        raise WorkerError(f"trainer: {_error(e)} ({RESUME_HINT})") from None
+                    break
                 self._restart_env(i, cause)
                 last_progress = time.monotonic()
         on_rows(ray.get(self.trainer.pop_rows.remote()))

@@ -172,6 +172,8 @@ def test_a_failing_worker_stops_the_run_with_one_clear_error(tmp_path):
             "env.kwargs.fail_after=40",
             "env.kwargs.max_episode_steps=40",
             "train.updates=30",
+            "runtime.max_env_errors=0",  # the first simulator error fails the worker ...
+            "runtime.max_restarts=0",  # ... and the run
         ],
     )
     with pytest.raises(WorkerError, match="simulator crashed"):

@@ -123,7 +123,7 @@ def test_too_many_simulator_failures_fail_the_manager():
     )
     _run(m, 4)  # steps 2 and 4 fail and are handled (each rebuilt env fails at its 2nd step)
     assert m.env_errors == 2
-    with pytest.raises(RuntimeError, match="failed 3 times within 600 s.*simulator crashed"):
+    with pytest.raises(RuntimeError, match="failed 3x within 600 s.*simulator crashed"):
         _run(m, 2)
     m.shutdown()
 
