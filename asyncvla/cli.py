@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -370,6 +371,59 @@ def trainer_speed(
     except (ConfigError, FileNotFoundError, CheckpointError) as e:
         _fail(e)
     console.print_json(json.dumps(measure(cfg, policy, repeats=repeats, threads=threads)))
+
+
+@app.command()
+def soak(
+    config: Path = typer.Argument(..., help="YAML config file."),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides"),
+    minutes: float = typer.Option(30.0, "--minutes", min=0.0, help="How long the run trains."),
+    warmup: float | None = typer.Option(
+        None, "--warmup", min=0.0, help="Minutes of warm-up before the reference RSS (default: minutes / 6)."
+    ),
+    window: float = typer.Option(60.0, "--window", min=1.0, help="Seconds averaged for each RSS reading."),
+    max_growth: float = typer.Option(
+        0.10, "--max-growth", help="Exit 1 if a process grows more than this fraction after warm-up."
+    ),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="Run directory (default runs/<name>-soak-<time>)."
+    ),
+) -> None:
+    """Long async run reporting every process's RSS (driver and each actor) after warm-up and at the end."""
+    from asyncvla.runtime.launcher import WorkerError
+    from asyncvla.runtime.rayenv import prepare_ray_env
+    from asyncvla.soak import soak as run_soak
+
+    _interruptible()
+    prepare_ray_env(None)
+    warm = minutes / 6 if warmup is None else warmup
+    if minutes * 60 < warm * 60 + 2 * window:
+        _fail(
+            ConfigError(
+                f"--minutes {minutes:g}: needs more than --warmup {warm:g} min plus two {window:g} s windows"
+            )
+        )
+    given = {o.split("=", 1)[0] for o in overrides or []}
+    # Training stops on time: the update count is only the learning-rate schedule's horizon.
+    cfg = _config(
+        config, [*([] if "train.updates" in given else ["train.updates=1000000"]), *(overrides or [])]
+    )
+    path = run_dir or Path("runs") / f"{cfg.name}-soak-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        result = run_soak(cfg, path, minutes, warm, window_s=window, console=console)
+    except (ConfigError, FileExistsError, FileNotFoundError, CheckpointError) as e:
+        _fail(e)
+    except WorkerError as e:
+        print(f"error: a worker failed: {e}", file=sys.stderr)
+        raise typer.Exit(code=1) from None
+    console.print(f"soak.json: [bold]{path / 'soak.json'}[/bold]")
+    worst = result["max_growth"]
+    if worst is not None and worst > max_growth:
+        print(
+            f"error: RSS grew {100 * worst:.1f}% after warm-up (--max-growth {100 * max_growth:g}%)",
+            file=sys.stderr,
+        )
+        raise typer.Exit(code=1)
 
 
 def main() -> None:

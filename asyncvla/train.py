@@ -120,7 +120,11 @@ def _latest_checkpoint(run_path: Path) -> Path | None:
 
 
 def train(
-    cfg: Config, run_path: Path, resume: bool = False, console: Console | None = None
+    cfg: Config,
+    run_path: Path,
+    resume: bool = False,
+    console: Console | None = None,
+    stop_after_s: float | None = None,
 ) -> dict[str, Any]:
     console = console or Console()
     if cfg.train.torch_threads:
@@ -209,7 +213,7 @@ def train(
                 f" | staleness {row['staleness_mean']:.2f}",
             )
 
-        res = run_schedule(cfg, policy, run, state, ckpt, on_row)
+        res = run_schedule(cfg, policy, run, state, ckpt, on_row, stop_after_s)
     acc = res.accounting
 
     final = evaluate(cfg, policy, cfg.eval.episodes)

@@ -45,13 +45,15 @@ def run_schedule(
     state: dict[str, Any],
     optimizer_dir: Path | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    stop_after_s: float | None = None,
 ) -> RunResult:
     """Train ``cfg.train.updates - state["update"]`` updates from ``policy``; ``state`` (update,
     env steps, wall time) is kept current row by row and ``policy`` holds the final weights.
 
     ``on_row`` sees each metric row first; the row's ``_weights`` (the published weights of an
     ``eval_every`` update) can be read with ``load_weights(other, {"weights": ray.get(ref[0]),
-    ...})`` inside it.
+    ...})`` inside it. ``stop_after_s``: end the run early, after the update that is training
+    this many seconds into the schedule (``asyncvla soak``).
     """
     started = init_ray(cfg.runtime.address)
     runtime = None
@@ -72,7 +74,7 @@ def run_schedule(
         t0 = time.perf_counter()
         runtime = Runtime(cfg, policy, run.path if run is not None else None, state, optimizer_dir)
         t_ready = time.perf_counter()
-        final = runtime.run(cfg.train.updates - state["update"], rows)
+        final = runtime.run(cfg.train.updates - state["update"], rows, stop_after_s)
         t_end = time.perf_counter()
         load_weights(policy, final)
         result = RunResult(

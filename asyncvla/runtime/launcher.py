@@ -205,13 +205,22 @@ class Runtime:
         self._env_refs[i] = self.env_workers[i].run.remote()
 
     # -- the schedule -------------------------------------------------------------------------------
-    def run(self, updates: int, on_rows: Callable[[list[dict[str, Any]]], None]) -> dict[str, Any]:
+    def run(
+        self,
+        updates: int,
+        on_rows: Callable[[list[dict[str, Any]]], None],
+        stop_after_s: float | None = None,
+    ) -> dict[str, Any]:
         self.events.emit("run_start", mode=self.cfg.mode, max_staleness=self.eta)
         env_refs = self._env_refs = [w.run.remote() for w in self.env_workers]
         trainer_ref = self.trainer.run.remote(updates)
         result = None
-        last_progress = time.monotonic()
+        last_progress = t_start = time.monotonic()
+        stopping = False
         while result is None:
+            if stop_after_s is not None and not stopping and time.monotonic() - t_start > stop_after_s:
+                self.trainer.stop.remote()  # the trainer ends after its current update
+                stopping = True
             ready, _ = ray.wait([trainer_ref, *env_refs], num_returns=1, timeout=0.25)
             try:
                 rows = ray.get(self.trainer.pop_rows.remote())
