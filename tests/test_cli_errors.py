@@ -62,6 +62,11 @@ def _one_error_line(r, *expected):
         (["env-speed", "--env", "nowhere"], ["env.name", "nowhere"]),
         (["bench", "--workload", "no-such-profile"], ["no-such-profile"]),
         (["plan", "--profile", "no-such-profile"], ["no-such-profile"]),
+        (["soak", "configs/quickstart.yaml", "algo.lr=fast"], ["algo.lr"]),
+        (
+            ["soak", "configs/quickstart.yaml", "--minutes", "1", "--warmup", "1"],
+            ["--minutes 1", "--warmup 1"],
+        ),
     ],
 )
 def test_every_command_refuses_a_bad_value_with_one_line(args, expected, tmp_path):

@@ -80,7 +80,10 @@ class VectorEnv(ABC):
     (summed over the executed actions of the chunk), terminated/truncated are bool [n] and info
     holds at least ``success`` bool [n], ``cost`` float32 [n] (0 unless a safety constraint is
     violated; summed over the chunk) and ``steps`` int32 [n] (actions actually executed; 0 for an
-    env that was already done).
+    env that was already done). Optionally ``failed`` bool [n]: envs whose simulator raised during
+    this step (their outputs are meaningless; they count as truncated and must be reset). The env
+    managers drop those episodes; a ``step`` or ``reset`` that raises for the whole batch makes
+    the manager rebuild the env.
     """
 
     num_envs: int

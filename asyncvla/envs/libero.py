@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes.util
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from gymnasium import spaces
 
 from asyncvla.envs import ENVS
 from asyncvla.envs.base import ObsBatch, VectorEnv, check_int, reset_requests
+
+log = logging.getLogger(__name__)
 
 ACTION_DIM = 7
 """Delta end-effector position (3) and axis-angle rotation (3), gripper (1: -1 open, +1 close)."""
@@ -352,18 +355,24 @@ class LiberoVecEnv(VectorEnv):
         steps = np.zeros(n, dtype=np.int32)
         terminated = np.zeros(n, dtype=bool)
         truncated = np.zeros(n, dtype=bool)
+        failed = np.zeros(n, dtype=bool)
         for i, slot in enumerate(self._slots):
             if slot.done:
                 continue
             success = False
             obs: dict[str, np.ndarray] = {}
-            for action in chunks[i]:
-                obs, r, success, _ = slot.sim.step(action)
-                slot.t += 1
-                steps[i] += 1
-                reward[i] += float(r)
-                if success or slot.t >= self.max_episode_steps:
-                    break
+            try:
+                for action in chunks[i]:
+                    obs, r, success, _ = slot.sim.step(action)
+                    slot.t += 1
+                    steps[i] += 1
+                    reward[i] += float(r)
+                    if success or slot.t >= self.max_episode_steps:
+                        break
+            except Exception as e:  # e.g. a MuJoCo instability: this env's episode is over
+                log.warning("libero env %d: the simulator raised in step: %s: %s", i, type(e).__name__, e)
+                failed[i] = truncated[i] = slot.done = True  # any caller resets it
+                continue
             slot.done = bool(success) or slot.t >= self.max_episode_steps
             terminated[i] = bool(success)
             truncated[i] = slot.done and not success
@@ -372,6 +381,7 @@ class LiberoVecEnv(VectorEnv):
             "success": terminated.copy(),
             "cost": np.zeros(n, dtype=np.float32),
             "steps": steps,
+            "failed": failed,
         }
         return self._obs(), reward, terminated, truncated, info
 

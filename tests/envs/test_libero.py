@@ -77,6 +77,23 @@ def test_identical_resets_chunk_and_success(env):
     assert info["steps"].tolist() == [0, 1]
 
 
+def test_a_simulator_that_raises_fails_only_its_env(env, monkeypatch):
+    env.reset(options={"init_state": [3, 4]})
+    sim = env._slots[1].sim
+
+    def crash(action):
+        raise ValueError("MuJoCo instability (injected)")
+
+    monkeypatch.setattr(sim, "step", crash)
+    obs, reward, term, trunc, info = env.step(np.zeros((2, 2, 7), dtype=np.float32))
+    assert info["failed"].tolist() == [False, True] and info["steps"].tolist() == [2, 0]
+    assert trunc.tolist() == [False, True] and not term.any()  # any caller resets it
+    monkeypatch.undo()
+    env.reset(options={"init_state": [4], "env_indices": [1]})
+    _, _, _, _, info = env.step(np.zeros((2, 1, 7), dtype=np.float32))
+    assert info["steps"].tolist() == [1, 1] and not info["failed"].any()
+
+
 def test_bad_kwargs_fail_clearly():
     with pytest.raises(ValueError, match="suite must be one of"):
         make_env("libero", suite="libero_100")
