@@ -224,8 +224,10 @@ def train(
         "policy_version": policy.version,
         "env_steps": state["env_steps"],
         "env_steps_collected": sum(e["env_steps"] for e in res.env_stats) + acc["collected_by_dead_workers"],
-        "samples_trained": acc["trained_samples"],
-        "samples_rejected": acc["rejected_samples"],
+        # cumulative over a resumed run (the checkpoint's state); env_steps_collected,
+        # samples_collected_untrained and rollout_batches count this process's part
+        "samples_trained": int(acc["state"].get("decisions", 0)),
+        "samples_rejected": int(acc["state"].get("rejected_samples", 0)),
         "samples_quarantined": int(acc["state"].get("quarantined_samples", 0)),
         "samples_collected_untrained": acc["leftover_samples"] + acc["discarded_samples"],
         # supervision: what dead workers took with them, and how often workers were restarted

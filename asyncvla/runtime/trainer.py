@@ -224,6 +224,7 @@ class Trainer:
         st["update"] += 1
         st["env_steps"] += metrics.pop("batch_env_steps")
         st["decisions"] = st.get("decisions", 0) + int(metrics["train_samples"])
+        st["rejected_samples"] = st.get("rejected_samples", 0) + int(metrics["rejected_samples"])
         st["quarantined_samples"] = st.get("quarantined_samples", 0) + int(metrics["quarantined_samples"])
         # Tickets of trained batches are settled: forget them (bounded memory).
         self._received_ids = {i: v for i, v in self._received_ids.items() if v >= self.version}

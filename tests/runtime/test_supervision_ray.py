@@ -137,6 +137,7 @@ def test_a_killed_trainer_resumes_without_gaps_or_duplicates(tmp_path):
     assert summary["updates"] == summary["policy_version"] == 12
     rows = _check_stream(run, 12)
     assert summary["env_steps"] == rows[-1]["env_steps"] and summary["samples_rejected"] == 0
+    assert summary["samples_trained"] == sum(r["train_samples"] for r in rows)
     # the second run started from the last checkpoint (a multiple of 3) with its version
     second = _starts(run, "trainer")[-1]
     assert len(_starts(run, "trainer")) == 2 and second["generation"] == 0
