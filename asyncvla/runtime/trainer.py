@@ -2,7 +2,8 @@
 
 Segments arrive in any order, each naming its global batch (``target_version``, from its staleness
 ticket). The trainer buffers them by target version and trains batch u once it holds every one of
-its tickets, in ticket order (the same inputs give the same update whatever the arrival order);
+its tickets (or has been told, ``void``, that a dead worker's will never come), in ticket order
+(the same inputs give the same update whatever the arrival order);
 with the streamer, the segments of the current batch are trained as they come. Each update
 publishes version u + 1 (``publish`` hook), appends a metric row, steps the learning-rate schedule
 and, every ``train.checkpoint_every`` updates and at the end, writes a checkpoint. The math is in
