@@ -439,7 +439,7 @@ def run_bench(
             raise ConfigError("mode 'auto': needs the stage costs of an emulated profile")
         from asyncvla.bench.auto import choose
 
-        auto = choose(profile, scale)
+        auto = choose(profile, scale, batching=True)
         profile.modes["auto"] = auto["overrides"]
         if console is not None:
             console.print(

@@ -41,3 +41,18 @@ def test_auto_picks_an_async_schedule_where_the_simulator_predicts_a_gain():
     r = choose(load_profile(resolve_profile("balanced")), 1.0)
     assert r["chosen"] != "sync-colocated"
     assert r["predicted"][r["chosen"]] > 2.0 * r["predicted"]["sync-colocated"]
+
+
+def test_the_bench_row_also_chooses_the_batch_limit_the_simulator_prefers():
+    profile = load_profile(resolve_profile("balanced"))
+    plain = choose(profile, profile.time_scale)
+    r = choose(profile, profile.time_scale, batching=True)
+    # balanced: 4 managers of 4 envs on one rollout worker; serving each request at once (B_max 4)
+    # beats the configured 64 samples / 10 ms by more than TIE in the simulation
+    assert r["chosen"] == "streamer"
+    assert r["batching"]["streamer"] == {"runtime.max_batch_samples": 4, "runtime.batch_timeout_ms": 0.0}
+    assert r["overrides"] == {**candidates(profile)["streamer"], **r["batching"]["streamer"]}
+    assert r["predicted"]["streamer"] > (1 + TIE) * plain["predicted"]["streamer"]
+    # schedules without dynamic batching keep their prediction and get no limit
+    assert "sync-colocated" not in r["batching"] and "train-async" not in r["batching"]
+    assert r["predicted"]["sync-colocated"] == plain["predicted"]["sync-colocated"]
