@@ -67,6 +67,9 @@ NOT_MODELLED: tuple[tuple[str, str], ...] = (
     ("runtime.passive_threads", "how idle OpenMP threads wait: CPU overhead, no schedule"),
     ("runtime.start_timeout_s", "a start-up watchdog: no schedule"),
     ("runtime.stall_timeout_s", "a stall watchdog: no schedule"),
+    ("runtime.max_restarts", "supervision after a worker fails: the simulated workers do not fail"),
+    ("runtime.restart_window_s", "supervision after a worker fails: the simulated workers do not fail"),
+    ("runtime.max_env_errors", "simulator errors: the simulated envs do not fail"),
     ("runtime.address", "which Ray cluster runs the workers: no schedule"),
     (
         "runtime.auto_profile",
