@@ -403,11 +403,9 @@ def soak(
                 f"--minutes {minutes:g}: needs more than --warmup {warm:g} min plus two {window:g} s windows"
             )
         )
-    given = {o.split("=", 1)[0] for o in overrides or []}
-    # Training stops on time: the update count is only the learning-rate schedule's horizon.
-    cfg = _config(
-        config, [*([] if "train.updates" in given else ["train.updates=1000000"]), *(overrides or [])]
-    )
+    # Training stops on time: the update count is only the learning-rate schedule's horizon (a
+    # train.updates among the overrides comes later and wins).
+    cfg = _config(config, ["train.updates=1000000", *(overrides or [])])
     path = run_dir or Path("runs") / f"{cfg.name}-soak-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         result = run_soak(cfg, path, minutes, warm, window_s=window, console=console)

@@ -255,26 +255,33 @@ class TrainerActor:
             version, ref, t = self._latest
             ray.get(handle.offer_weights.remote(version, [ref], t))
 
-    def void(self, lost: Lost) -> None:
-        """Queued behind the segments already waiting, so those still count as arrived."""
+    def _enqueue(self, item: Segment | Lost) -> bool:
+        """Put ``item`` in the bounded queue, blocking while it is full; False once the run has
+        ended (the caller then hands it over as after the run, so no sender stays blocked)."""
         while not self._draining.is_set():
             try:
-                self.q.put(lost, timeout=0.2)
-                return
+                self.q.put(item, timeout=0.2)
+                return True
             except queue.Full:
                 continue
-        self.trainer.void(lost, settle=False)  # after the run: only the counters move
+        return False
+
+    def _after_run(self, item: Segment | Lost) -> None:
+        if isinstance(item, Lost):
+            self.trainer.void(item, settle=False)  # only the counters move
+        else:
+            self.trainer.keep_leftover(item)
+
+    def void(self, lost: Lost) -> None:
+        """Queued behind the segments already waiting, so those still count as arrived."""
+        if not self._enqueue(lost):
+            self._after_run(lost)
 
     def put_segment(self, seg: Segment) -> None:
         """Blocks while the queue is full: backpressure on the env workers. After the run it
-        accepts everything (as leftover) so no sender stays blocked."""
-        while not self._draining.is_set():
-            try:
-                self.q.put(seg, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-        self.trainer.keep_leftover(seg)
+        accepts everything (as leftover)."""
+        if not self._enqueue(seg):
+            self._after_run(seg)
 
     def run(self, updates: int) -> dict[str, Any]:
         self.trainer.start()
@@ -305,13 +312,9 @@ class TrainerActor:
         """Move whatever is still queued (a put may land just after the run ends) to leftover."""
         while True:
             try:
-                item = self.q.get_nowait()
+                self._after_run(self.q.get_nowait())
             except queue.Empty:
                 break
-            if isinstance(item, Lost):
-                self.trainer.void(item, settle=False)
-            else:
-                self.trainer.keep_leftover(item)
 
     def accounting(self) -> dict[str, Any]:
         """Call after the env workers have stopped (their puts have all returned)."""

@@ -421,18 +421,28 @@ class EnvManager:
         become invalid (counted as quarantined)."""
         if not rows.any() or not self.segment_len:
             return
+        self._count_quarantined(rows, self._invalidate(rows), 0)
+        self._buf["dones"][-1] = self._buf["dones"][-1] | rows
+        self._tracker.drop(rows)
+        self._ep_start[rows] = self.segment_len
+
+    def _invalidate(self, rows: np.ndarray) -> int:
+        """Mark the recorded decisions of the running episodes of envs ``rows`` (in this segment)
+        invalid; returns how many were valid."""
         n = 0
         for i in np.flatnonzero(rows):
             for k in range(int(self._ep_start[i]), self.segment_len):
                 n += int(self._buf["valid"][k][i])
                 self._buf["valid"][k][i] = False
-        self._buf["dones"][-1] = self._buf["dones"][-1] | rows
-        self._tracker.drop(rows)
-        self._ep_start[rows] = self.segment_len
+        return n
+
+    def _count_quarantined(self, rows: np.ndarray, recorded: int, current: int) -> None:
+        """Count the episodes of ``rows`` as quarantined: ``recorded`` decisions already in the
+        buffer (no longer valid) and ``current`` ones of the step about to be recorded."""
         self.quarantined_episodes += int(rows.sum())
-        self.quarantined_samples += n
-        self._buf_quarantined += n
-        self._buf_decisions -= n
+        self.quarantined_samples += recorded + current
+        self._buf_quarantined += recorded + current
+        self._buf_decisions -= recorded
 
     def _note_progress(self) -> None:
         """What a crash of this worker would lose of the open segment (reported to the driver)."""
@@ -448,11 +458,7 @@ class EnvManager:
     def _quarantine(self, bad: np.ndarray, why: str = "a non-finite observation, reward or cost") -> None:
         """Invalidate the buffered decisions of the episodes of envs ``bad`` and count them with
         the step about to be recorded."""
-        n = int(bad.sum())
-        for i in np.flatnonzero(bad):
-            for k in range(int(self._ep_start[i]), self.segment_len):
-                n += int(self._buf["valid"][k][i])
-                self._buf["valid"][k][i] = False
+        recorded = self._invalidate(bad)
         if not self.quarantined_episodes:
             log.warning(
                 "env manager %d: %s in env(s) %s; their episodes are quarantined (counted in "
@@ -461,10 +467,7 @@ class EnvManager:
                 why,
                 self.env_ids[bad].tolist(),
             )
-        self.quarantined_episodes += int(bad.sum())
-        self.quarantined_samples += n
-        self._buf_quarantined += n
-        self._buf_decisions -= n - int(bad.sum())
+        self._count_quarantined(bad, recorded, int(bad.sum()))
 
     def shutdown(self) -> None:
         self.env.close()
@@ -568,7 +571,6 @@ class EnvWorker:
                 samples=seg.num_samples,
                 versions=sorted({int(v) for v in np.unique(seg.versions)}),
             )
-        self.transport.report({m.manager_id: m.progress})
         if len(puts) > self.max_inflight:
             # Bounded queue: wait until the trainer has taken enough segments.
             puts[:] = self.transport.settle(puts, self.max_inflight)
@@ -595,6 +597,7 @@ class EnvWorker:
             complete.sort(key=lambda m: m.manager_id)  # replies that land together step in one order
             for m in complete:
                 self._step(m, puts)
+            self.transport.report({m.manager_id: m.progress for m in complete})
             self._tickets(complete)
             for m in complete:
                 self._issue(m, pending)

@@ -103,7 +103,6 @@ class Trainer:
         self._batch: list[Segment] = []
         self._in_batch = 0  # tickets of the open batch accounted for: segments and lost ones
         self._expected: int | None = None
-        self._received_ids: dict[int, int] = {}  # ticket id -> target version, of open batches
         self._void_ids: set[int] = set()
         self.discarded_samples = 0
         """Samples of segments that arrived after their ticket was given up (``void``): never trained."""
@@ -142,8 +141,6 @@ class Trainer:
             if seg.ticket_id in self._void_ids:  # given up on (``void``) before it arrived
                 self.discarded_samples += seg.num_samples
                 return 0
-        if seg.ticket_id >= 0:
-            self._received_ids[seg.ticket_id] = seg.target_version
         self._buffered.setdefault(seg.target_version, []).append(seg)
         return self._advance()
 
@@ -154,9 +151,12 @@ class Trainer:
         ``settle=False`` (after the last update) only counts."""
         st = self.state
         st["worker_restarts"] += lost.restarts
+        # A ticket of a trained batch has arrived (the batch needed it); the others that arrived
+        # are buffered or in the open batch.
+        arrived = {s.ticket_id for v in self._buffered.values() for s in v if isinstance(s, Segment)}
+        arrived |= {s.ticket_id for s in self._batch}
         for t, c in zip(lost.tickets, lost.counts, strict=True):
-            # a ticket of a trained batch has arrived (the batch needed it)
-            settled = t.target_version < self.version or t.ticket_id in self._received_ids
+            settled = t.target_version < self.version or t.ticket_id in arrived
             if settled or t.ticket_id in self._void_ids:
                 continue
             with self._lock:
@@ -227,8 +227,6 @@ class Trainer:
         st["decisions"] = st.get("decisions", 0) + int(metrics["train_samples"])
         st["rejected_samples"] = st.get("rejected_samples", 0) + int(metrics["rejected_samples"])
         st["quarantined_samples"] = st.get("quarantined_samples", 0) + int(metrics["quarantined_samples"])
-        # Tickets of trained batches are settled: forget them (bounded memory).
-        self._received_ids = {i: v for i, v in self._received_ids.items() if v >= self.version}
         st["wall_s"] = self.wall_s_start + elapsed
         self.recent_success.extend(metrics.pop("episodes_success"))
         self.recent_return.extend(metrics.pop("episodes_return"))
