@@ -65,8 +65,8 @@ class Coordinator:
         """holder -> its tickets of batches not trained yet"""
         self.progress: dict[int, dict[str, int]] = {}
         """ticket id -> what its segment held at the holder's last report"""
-        self.collected: dict[str, dict[int, int]] = {}
-        """holder -> manager -> env steps collected"""
+        self.managers: dict[str, dict[int, dict[str, int]]] = {}
+        """holder -> manager -> its last report"""
 
     def ping(self) -> dict[str, Any]:
         return whereabouts("coordinator")
@@ -80,7 +80,7 @@ class Coordinator:
         for m, p in progress.items():
             if p.get("ticket", -1) >= 0:
                 self.progress[p["ticket"]] = p
-            self.collected.setdefault(holder, {})[m] = p.get("env_steps_total", 0)
+            self.managers.setdefault(holder, {})[m] = p
 
     def trained(self, version: int) -> None:
         """Batches below ``version`` are trained, so their tickets all arrived: forget them."""
@@ -89,11 +89,19 @@ class Coordinator:
                 del tickets[tid]
                 self.progress.pop(tid, None)
 
+    def in_flight(self, holder: str) -> int:
+        """Episodes the holder's managers were running at their last report."""
+        return sum(p.get("running", 0) for p in self.managers.get(holder, {}).values())
+
     def release(self, holder: str) -> tuple[list[Ticket], list[dict[str, int]], int]:
         """A holder died: its open tickets, what each segment held, and the env steps it collected."""
         tickets = sorted(self.held.pop(holder, {}).values(), key=lambda t: t.ticket_id)
         counts = [self.progress.pop(t.ticket_id, {}) for t in tickets]
-        return tickets, counts, sum(self.collected.pop(holder, {}).values())
+        return (
+            tickets,
+            counts,
+            sum(p.get("env_steps_total", 0) for p in self.managers.pop(holder, {}).values()),
+        )
 
     def log(self, events: list[dict[str, Any]]) -> None:
         self.writer.write(events)

@@ -144,7 +144,7 @@ class EnvManager:
         self.max_env_errors = max_env_errors
         self.error_window_s = error_window_s
         self.progress: dict[str, int] = {}
-        """The segment of the last decision: ticket, env steps, valid decisions, episodes touched."""
+        """The segment of the last decision (``_note_progress``)."""
         self._group_ids: np.ndarray | None = None
         self._clear_buffer()
         self.obs = self._reset_all()
@@ -445,13 +445,14 @@ class EnvManager:
         self._buf_decisions -= recorded
 
     def _note_progress(self) -> None:
-        """What a crash of this worker would lose of the open segment (reported to the driver)."""
-        running = (~self._done) if self.episode_mode else (self._ep_start < self.segment_len)
+        """What a crash of this worker would lose (reported to the driver): the open segment's
+        env steps, valid decisions and finished episodes, and the episodes still running."""
         self.progress = {
             "ticket": -1 if self.ticket is None else self.ticket.ticket_id,
             "env_steps": self._buf_env_steps,
             "samples": self._buf_decisions,
-            "episodes": len(self._episodes["success"]) + int(running.sum()),
+            "episodes": len(self._episodes["success"]),
+            "running": int((~self._done).sum()),
             "env_steps_total": self.env_steps_total,
         }
 

@@ -195,9 +195,10 @@ class Runtime:
                 self.generation[f"rollout{j}"] = self.generation.get(f"rollout{j}", 0) + 1
                 self._wait_ready({f"rollout{j}": self.rollouts[j]})
                 ray.get(self.trainer.replace_rollout.remote(j, self.rollouts[j]))
+        in_flight = ray.get(self.coordinator.in_flight.remote(name))
         tickets, counts, collected = ray.get(self.coordinator.release.remote(name))
         self.collected_by_dead += collected
-        self.trainer.void.remote(Lost(tickets, counts, restarts=restarts))
+        self.trainer.void.remote(Lost(tickets, counts, restarts=restarts, in_flight=in_flight))
         self.generation[name] = self.generation.get(name, 0) + 1
         spec = replace(self.env_specs[i], generation=self.generation[name])
         self.env_workers[i] = self._new_env(spec)

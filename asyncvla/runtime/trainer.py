@@ -49,12 +49,14 @@ class TrainerSpec:
 class Lost:
     """Segments that will never arrive: their env worker died (supervision). Each ticket's batch
     trains without it; ``counts`` (per ticket, possibly empty) say what the segment held when the
-    worker last reported: ``env_steps``, ``samples``, ``episodes``."""
+    worker last reported: ``env_steps``, ``samples``, ``episodes`` (finished in it)."""
 
     tickets: list[Ticket]
     counts: list[dict[str, int]]
     restarts: int = 1
     """Worker restarts this loss comes with (counted in ``worker_restarts``)."""
+    in_flight: int = 0
+    """Episodes the dead worker was running: cut off (counted in ``lost_episodes``)."""
 
 
 LOSS_COUNTERS = ("lost_segments", "lost_samples", "lost_env_steps", "lost_episodes", "worker_restarts")
@@ -151,6 +153,7 @@ class Trainer:
         ``settle=False`` (after the last update) only counts."""
         st = self.state
         st["worker_restarts"] += lost.restarts
+        st["lost_episodes"] += lost.in_flight
         # A ticket of a trained batch has arrived (the batch needed it); the others that arrived
         # are buffered or in the open batch.
         arrived = {s.ticket_id for v in self._buffered.values() for s in v if isinstance(s, Segment)}

@@ -73,8 +73,10 @@ def test_a_killed_worker_is_restarted_and_the_run_finishes(tmp_path, actor):
     starts = _starts(run, actor)
     assert [s["generation"] for s in starts] == [0, 1] and starts[0]["pid"] != starts[1]["pid"]
     assert all(s["node"] and s["host"] for s in starts)
-    # env0 holds every manager: its open segments were lost and counted, never trained
-    assert summary["lost_segments"] >= 1 and summary["lost_episodes"] >= 1 and summary["lost_env_steps"] > 0
+    # env0 holds every manager: its open segments (possibly still empty, held by the staleness
+    # throttle) were lost and counted, never trained, and its 3 x 4 running episodes cut off
+    assert summary["lost_segments"] >= 1 and summary["lost_episodes"] >= 12
+    assert summary["env_steps_collected"] >= summary["env_steps"] + summary["lost_env_steps"]
     # a dead rollout worker takes the env worker waiting for its replies with it: two restarts
     assert summary["worker_restarts"] == (1 if actor == "env0" else 2)
     assert rows[-1]["worker_restarts"] == summary["worker_restarts"]
