@@ -97,3 +97,13 @@ def evaluate(cfg: Config, policy: Policy, episodes: int) -> dict[str, float]:
         seed_offset=cfg.eval.seed_offset,
         deterministic=cfg.eval.deterministic,
     )
+
+
+def quick_eval(cfg: Config, policy: Policy, update: int) -> float:
+    """The held-out success of a metric row (``eval.quick_episodes``), on its own seeded random
+    stream so that a replay of the run computes the same value."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed * 1000 + update)
+        return evaluate(cfg, policy, cfg.eval.quick_episodes)["success_rate"]

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from asyncvla.config import CheckpointError, Config, ConfigError, load_config
+from asyncvla.trust.audit import AuditError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Asynchronous RL fine-tuning of VLA policies."
@@ -63,6 +64,9 @@ def train(
     address: str | None = typer.Option(
         None, "--address", help="Join a Ray cluster (auto or HOST:PORT) instead of starting one."
     ),
+    no_verify: bool = typer.Option(
+        False, "--no-verify", help="Load a checkpoint even if it does not match its run's audit log."
+    ),
 ) -> None:
     """Fine-tune a policy with RL (PPO or GRPO), sync or async (``mode=``)."""
     from asyncvla.runtime.rayenv import prepare_ray_env
@@ -78,8 +82,8 @@ def train(
         _fail(ValueError("--resume needs --run-dir"))
     path = run_dir or default_run_dir(cfg)
     try:
-        summary = run_train(cfg, path, resume=resume, console=console)
-    except (ConfigError, FileExistsError, FileNotFoundError, CheckpointError) as e:
+        summary = run_train(cfg, path, resume=resume, console=console, verify=not no_verify)
+    except (ConfigError, FileExistsError, FileNotFoundError, CheckpointError, AuditError) as e:
         _fail(e)
     except WorkerError as e:
         print(f"error: a worker failed: {e}", file=sys.stderr)
@@ -290,10 +294,14 @@ def eval_cmd(
     episodes: int = typer.Option(100, "--episodes", min=1),
     config: Path | None = typer.Option(None, "--config", help="Config for the env (default: the run's)."),
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides of the env config"),
+    no_verify: bool = typer.Option(
+        False, "--no-verify", help="Load the checkpoint even if it does not match its run's audit log."
+    ),
 ) -> None:
     """Evaluate a checkpoint deterministically on held-out init states."""
     from asyncvla.builder import check_fits, evaluate, probe_env
     from asyncvla.policies import load_policy
+    from asyncvla.trust.audit import verify_checkpoint
 
     cfg_path = config
     if cfg_path is None:
@@ -305,11 +313,13 @@ def eval_cmd(
     try:
         env = probe_env(cfg)
         try:
+            if not no_verify:
+                verify_checkpoint(checkpoint)
             policy = load_policy(checkpoint)
             check_fits(policy, env, f"checkpoint {checkpoint}")
         finally:
             env.close()
-    except (ConfigError, FileNotFoundError, CheckpointError) as e:
+    except (ConfigError, FileNotFoundError, CheckpointError, AuditError) as e:
         _fail(e)
     res = evaluate(cfg, policy, episodes)
     res["checkpoint"] = str(checkpoint)
@@ -422,6 +432,100 @@ def soak(
             file=sys.stderr,
         )
         raise typer.Exit(code=1)
+
+
+@app.command()
+def replay(
+    run_dir: Path = typer.Argument(..., help="Run directory of a finished (or stopped) run."),
+    until: int | None = typer.Option(None, "--until", min=1, help="Replay updates 1..UNTIL only."),
+) -> None:
+    """Re-execute a recorded run in one process (no Ray, no timing) and check it bit for bit:
+    exit 0 when the metric stream and final weights match, 1 at the first divergence."""
+    from asyncvla.trust.replay import ReplayError
+    from asyncvla.trust.replay import replay as run_replay
+
+    t0 = time.perf_counter()
+    try:
+        res = run_replay(run_dir, until, on_update=lambda u, n: console.print(f"replayed update {u}/{n}", end="\r"))
+    except ReplayError as e:
+        _fail(e)
+    console.print()
+    if not res.ok:
+        print(f"replay diverged at {res.divergence}", file=sys.stderr)
+        raise typer.Exit(code=1)
+    weights = f"final weights equal {res.weights_checked}" if res.weights_checked else "no checkpoint at the last update to compare weights with"
+    console.print(
+        f"replay matches: {res.updates} updates, metric rows identical (timing aside), {weights} "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="The run's hash-chained audit log.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    pubkey: Path | None = typer.Option(None, "--pubkey", help="Also check the signature (ed25519 PEM)."),
+) -> None:
+    """Exit 0 on an intact chain (and checkpoint hashes, and signature with --pubkey), else 1."""
+    from asyncvla.trust.audit import verify_run
+
+    try:
+        res = verify_run(run_dir, pubkey)
+    except AuditError as e:
+        _fail(e)
+    if not res.ok:
+        print(f"audit: {res.message}", file=sys.stderr)
+        raise typer.Exit(code=1)
+    console.print(res.message)
+
+
+@audit_app.command("sign")
+def audit_sign(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    key: Path = typer.Option(..., "--key", help="ed25519 private key (PEM), e.g. from `audit keygen`."),
+) -> None:
+    """Sign the chain head and the checkpoint hashes (writes audit.sig.json)."""
+    from asyncvla.trust.audit import sign_run
+
+    try:
+        out = sign_run(run_dir, key)
+    except AuditError as e:
+        _fail(e)
+    console.print(f"signed: {out}")
+
+
+@audit_app.command("keygen")
+def audit_keygen(
+    out: Path = typer.Argument(..., help="Private key path; the public key goes to OUT.pub."),
+) -> None:
+    """Write an ed25519 key pair (PEM) for `audit sign` / `audit verify --pubkey`."""
+    from asyncvla.trust.audit import generate_key
+
+    pub = out.with_name(out.name + ".pub")
+    if out.exists() or pub.exists():
+        _fail(FileExistsError(f"{out} or {pub} exists; choose another path"))
+    generate_key(out, pub)
+    console.print(f"private key: {out}  public key: {pub}")
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+) -> None:
+    """Write RUN_DIR/report.html (self-contained: curves, throughput, worker timeline, staleness,
+    evaluations, lineage) and a model card (README.md) in every checkpoint."""
+    from asyncvla.trust.modelcard import write_model_cards
+    from asyncvla.trust.report import ReportError, write_report
+
+    try:
+        out = write_report(run_dir)
+        write_model_cards(run_dir)
+    except ReportError as e:
+        _fail(e)
+    console.print(f"report: {out}")
 
 
 def main() -> None:

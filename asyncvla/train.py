@@ -14,8 +14,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from asyncvla.builder import build_policy, check_fits, evaluate, probe_env
-from asyncvla.config import DATA_SEED_STRIDE, Config, ConfigError
+from asyncvla.builder import build_policy, check_fits, evaluate, probe_env, quick_eval
+from asyncvla.config import DATA_SEED_STRIDE, Config, ConfigError, dump_config
 from asyncvla.policies import Policy, load_policy, save_policy
 from asyncvla.rundir import RunDir, atomic_write_text
 from asyncvla.runtime.autoplace import resolve as resolve_auto
@@ -24,6 +24,8 @@ from asyncvla.runtime.launcher import load_weights
 from asyncvla.runtime.trainer import LOSS_COUNTERS
 from asyncvla.runtime.types import concat_obs
 from asyncvla.sft import behaviour_clone, collect_demos, pretrain_grounding
+from asyncvla.trust.audit import AuditLog, verify_checkpoint
+from asyncvla.trust.manifest import Manifest, array_digest, sha256_text
 
 
 def run_sft(cfg: Config, policy: Policy, out_dir: Path, console: Console) -> dict[str, float]:
@@ -57,6 +59,7 @@ def run_sft(cfg: Config, policy: Policy, out_dir: Path, console: Console) -> dic
     save_policy(policy, out_dir, cfg.policy.name)
     info.update(
         sft_demos=cfg.sft.demos,
+        sft_data_sha256=array_digest(obs, actions),
         sft_final_nll=losses[-1],
         expert_success_rate=expert_sr,
         sft_wall_s=time.perf_counter() - t0,
@@ -95,6 +98,7 @@ def run_pretrain(cfg: Config, policy: Policy, console: Console) -> dict[str, flo
         )
     return {
         "pretrain_samples": len(points),
+        "pretrain_data_sha256": array_digest(obs, points),
         "pretrain_final_mse": losses[-1],
         "pretrain_wall_s": time.perf_counter() - t0,
     }
@@ -125,7 +129,10 @@ def train(
     resume: bool = False,
     console: Console | None = None,
     stop_after_s: float | None = None,
+    verify: bool = True,
 ) -> dict[str, Any]:
+    """One run into ``run_path``. ``verify``: a checkpoint loaded from a run directory with an
+    audit log must match its recorded hashes (``trust.audit.verify_checkpoint``)."""
     console = console or Console()
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
@@ -168,14 +175,24 @@ def train(
                 raise ConfigError(
                     f"train.init: {cfg.train.init} is not a checkpoint directory; allowed: null, sft, or one"
                 )
+            if verify:
+                verify_checkpoint(source)
             init_policy = load_policy(source)
             check_fits(init_policy, probe, label)
+        assets = probe.asset_files()
     finally:
         probe.close()
     resumed = json.loads((ckpt / "state.json").read_text()) if ckpt is not None else None
     run = RunDir(run_path, cfg, resume=resume, resume_from=resumed)
     if auto is not None:
         atomic_write_text(run.path / "auto.json", json.dumps(auto, indent=2))
+    config_text = dump_config(cfg)
+    manifest = Manifest(run.path)
+    audit = AuditLog(run.path)
+    audit.append("run_start", manifest_sha256=manifest.start(config_text, cfg.seed, assets, source, resume))
+    audit.append("config", sha256=sha256_text(config_text), text=config_text)
+    if resumed is not None:
+        audit.append("resume", checkpoint=ckpt.relative_to(run.path).as_posix(), update=resumed["update"])
     t_start = time.perf_counter()
     state: dict[str, Any] = {"update": 0, "env_steps": 0, "wall_s": 0.0}
     extra: dict[str, Any] = {}
@@ -183,9 +200,16 @@ def train(
     if ckpt is None:
         if cfg.train.init == "sft":
             extra.update(run_sft(cfg, policy, run.path / "sft", console))
+            audit.checkpoint(run.path / "sft", update=0)
+            manifest.set(
+                demo_data={
+                    k: extra[k] for k in ("sft_data_sha256", "pretrain_data_sha256", "sft_demos") if k in extra
+                }
+            )
         elif init_policy is not None:
             policy = init_policy
         init_eval = evaluate(cfg, policy, cfg.eval.episodes)
+        audit.append("evaluation", update=0, episodes=cfg.eval.episodes, success_rate=init_eval["success_rate"])
         state["sft_success_rate"] = init_eval["success_rate"]
         state["sft_success_ci95"] = [init_eval["success_ci95_low"], init_eval["success_ci95_high"]]
         console.print(
@@ -205,7 +229,18 @@ def train(
             ref = row.get("_weights")
             if ref is not None:
                 load_weights(eval_policy, {"weights": ray.get(ref[0]), "version": row["policy_version"]})
-                row["eval_success_rate"] = evaluate(cfg, eval_policy, cfg.eval.quick_episodes)["success_rate"]
+                row["eval_success_rate"] = quick_eval(cfg, eval_policy, row["update"])
+            audit.append("weights", version=row["policy_version"], sha256=row["weights_sha256"])
+            if ref is not None:
+                audit.append(
+                    "evaluation",
+                    update=row["update"],
+                    episodes=cfg.eval.quick_episodes,
+                    success_rate=row["eval_success_rate"],
+                )
+            ckpt_dir = run.path / "checkpoints" / f"update_{row['update']:05d}"
+            if row["update"] % cfg.train.checkpoint_every == 0 and ckpt_dir.is_dir():
+                audit.checkpoint(ckpt_dir, update=row["update"])
             prog.update(
                 task,
                 completed=row["update"],
@@ -252,7 +287,30 @@ def train(
     }
     run.write_summary(summary)
     run.plot_curves()
+    last = _latest_checkpoint(run.path)
+    if last is not None and state["update"] % cfg.train.checkpoint_every:
+        audit.checkpoint(last, update=state["update"])
+    audit.append(
+        "evaluation",
+        update=state["update"],
+        episodes=cfg.eval.episodes,
+        success_rate=final["success_rate"],
+        ci95=summary["final_success_ci95"],
+    )
+    from asyncvla.trust.modelcard import write_model_cards
+    from asyncvla.trust.report import write_report
+
+    write_model_cards(run.path)
+    audit.append(
+        "run_end",
+        updates=state["update"],
+        manifest_sha256=manifest.finish(),
+        summary_sha256=sha256_text((run.path / "summary.json").read_text()),
+    )
+    audit.close()
     run.close()
+    report = write_report(run.path)
+    console.print(f"report: {report}")
     return summary
 
 

@@ -118,6 +118,10 @@ class VectorEnv(ABC):
         """How many distinct init states ``options["init_state"]`` accepts (None: unbounded)."""
         return None
 
+    def asset_files(self) -> dict[str, str]:
+        """Files the env reads its tasks from (name -> path): hashed into the run's manifest."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 - optional hook; most envs hold nothing to release
         """Release simulator resources."""
 

@@ -20,6 +20,7 @@ import ctypes.util
 import hashlib
 import logging
 import os
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -109,6 +110,7 @@ class _Task:
     language: str
     bddl_file: str
     init_states: np.ndarray
+    init_file: str
 
 
 @lru_cache(maxsize=8)
@@ -124,7 +126,9 @@ def _load_task(suite: str, task_id: int) -> _Task:
     bench = _suite_tasks(suite)[1]
     task = bench.get_task(task_id)
     init_path = os.path.join(get_libero_path("init_states"), task.problem_folder, task.init_states_file)
-    return _Task(task_id, task.language, bench.get_task_bddl_file_path(task_id), _load_init_states(init_path))
+    return _Task(
+        task_id, task.language, bench.get_task_bddl_file_path(task_id), _load_init_states(init_path), init_path
+    )
 
 
 def reset_seed(suite: str, task_id: int, init_id: int) -> int:
@@ -235,6 +239,14 @@ class LiberoVecEnv(VectorEnv):
         self._state = np.zeros((n, STATE_DIM), dtype=np.float32)
         # Simulators are built at the first reset: an env made only to read spaces costs no sim.
         self._started = False
+
+    def asset_files(self) -> dict[str, str]:
+        """Each task's BDDL and init-state file, and the asset manifest they were verified against."""
+        out = {"libero_assets.sha256": str(Path(__file__).with_name("libero_assets.sha256"))}
+        for t, task in sorted(self._tasks.items()):
+            out[f"task{t}.bddl"] = task.bddl_file
+            out[f"task{t}.init"] = task.init_file
+        return out
 
     @property
     def num_init_states(self) -> int:

@@ -485,6 +485,28 @@ class EnvWorkerSpec:
     """How many times this worker has been restarted (supervision)."""
 
 
+def build_managers(cfg: Config, spec: EnvWorkerSpec) -> dict[int, EnvManager]:
+    """The env managers of one env worker, by manager id."""
+    algo = ALGOS.get(cfg.algo.name)
+    return {
+        m: EnvManager(
+            manager_id=m,
+            env_name=cfg.env.name,
+            num_envs=cfg.env.num_envs,
+            env_kwargs=cfg.env.kwargs,
+            rollout_steps=cfg.train.rollout_steps,
+            seed=cfg.seed * 1000 + spec.start_update,
+            episode_mode=algo.episode_mode,
+            group_size=cfg.algo.group_size,
+            num_shards=sum(1 for mm, _ in spec.routes if mm == m),
+            generation=spec.generation,
+            max_env_errors=cfg.runtime.max_env_errors,
+            error_window_s=cfg.runtime.restart_window_s,
+        )
+        for m in spec.manager_ids
+    }
+
+
 class EnvTransport(Protocol):
     """What an env worker needs from the rest of the run; handles are opaque to it."""
 
@@ -515,30 +537,13 @@ class EnvWorker:
         self, cfg: Config, spec: EnvWorkerSpec, transport: EnvTransport, events: EventBuffer | None = None
     ) -> None:
         switches, _ = cfg.schedule()
-        algo = ALGOS.get(cfg.algo.name)
         self.name = f"env{spec.worker_id}"
         self.transport = transport
         self.routes = dict(spec.routes)
         self.lockstep = not switches.env
         self.max_inflight = cfg.runtime.queue_segments
         self.events = events or EventBuffer(self.name, lambda evs: None)
-        self.managers = {
-            m: EnvManager(
-                manager_id=m,
-                env_name=cfg.env.name,
-                num_envs=cfg.env.num_envs,
-                env_kwargs=cfg.env.kwargs,
-                rollout_steps=cfg.train.rollout_steps,
-                seed=cfg.seed * 1000 + spec.start_update,
-                episode_mode=algo.episode_mode,
-                group_size=cfg.algo.group_size,
-                num_shards=sum(1 for mm, _ in self.routes if mm == m),
-                generation=spec.generation,
-                max_env_errors=cfg.runtime.max_env_errors,
-                error_window_s=cfg.runtime.restart_window_s,
-            )
-            for m in spec.manager_ids
-        }
+        self.managers = build_managers(cfg, spec)
         self.shipped: list[tuple[int, int, int]] = []
         """(manager, segment id, samples) of every segment sent to the trainer."""
 
@@ -569,6 +574,8 @@ class EnvWorker:
                 segment=seg.segment_id,
                 ticket=seg.ticket_id,
                 target_version=seg.target_version,
+                closes_batch=seg.closes_batch,
+                batch_tickets=seg.batch_tickets,
                 samples=seg.num_samples,
                 versions=sorted({int(v) for v in np.unique(seg.versions)}),
             )

@@ -49,9 +49,10 @@ class RolloutWorker:
         _, eta = cfg.schedule()
         rt = cfg.runtime
         self.worker_id = spec.worker_id
-        # Action sampling is reproducible wherever the batches are (sync): seeded per worker and
-        # start update, before the policy is built.
-        torch.manual_seed((cfg.seed * 1000 + spec.start_update) * 100 + spec.worker_id)
+        # Action sampling depends only on the batch: each batch seeds the sampler from (seed,
+        # start update, worker, batch index), so a recorded schedule replays it (``trust.replay``).
+        self.seed_base = ((cfg.seed * 1000 + spec.start_update) * 100 + spec.worker_id) * 10**7
+        torch.manual_seed(self.seed_base)
         self.policy = policy.build("rollout")
         self.policy.eval()
         self.batcher = DynamicBatcher(
@@ -129,6 +130,8 @@ class RolloutWorker:
             reason=reason,
             version=v,
             managers=[w.request.manager_id for w in batch],
+            # (manager, request id, shard) in batch order: what ``trust.replay`` re-forms
+            reqs=[[w.request.manager_id, w.request.request_id, w.request.shard] for w in batch],
             wait_ms=1000 * (now - min(w.arrived for w in batch)),
         )
         return batch
@@ -141,11 +144,16 @@ class RolloutWorker:
         """One forward over the batch; the replies in the batch's order."""
         n = sum(w.samples for w in batch)
         t0 = time.time()
+        torch.manual_seed(self.batch_seed(self.batches))
         replies = self.infer([w.request for w in batch])
         self.events.emit("batch_inferred", t0=t0, t1=time.time(), samples=n, version=self.version)
         self.served += n
         self.batches += 1
         return replies
+
+    def batch_seed(self, index: int) -> int:
+        """The sampler's seed for this worker's batch ``index`` (0, 1, ...)."""
+        return self.seed_base + index
 
     def infer(self, requests: list[ObsRequest], deterministic: bool = False) -> list[ActionReply]:
         """One forward over all requests' samples; each reply goes back to its own envs."""

@@ -2,8 +2,8 @@
 
 Segments arrive in any order, each naming its global batch (``target_version``, from its staleness
 ticket). The trainer buffers them by target version and trains batch u once it holds every one of
-its tickets (or has been told, ``void``, that a dead worker's will never come), in ticket order
-(the same inputs give the same update whatever the arrival order);
+its tickets (or has been told, ``void``, that a dead worker's will never come), in (manager,
+segment) order (the same inputs give the same update whatever the arrival order);
 with the streamer, the segments of the current batch are trained as they come. Each update
 publishes version u + 1 (``publish`` hook), appends a metric row, steps the learning-rate schedule
 and, every ``train.checkpoint_every`` updates and at the end, writes a checkpoint. The math is in
@@ -12,6 +12,7 @@ and, every ``train.checkpoint_every`` updates and at the end, writes a checkpoin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -57,6 +58,16 @@ class Lost:
     """Worker restarts this loss comes with (counted in ``worker_restarts``)."""
     in_flight: int = 0
     """Episodes the dead worker was running: cut off (counted in ``lost_episodes``)."""
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and bytes (in name order)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 LOSS_COUNTERS = ("lost_segments", "lost_samples", "lost_env_steps", "lost_episodes", "worker_restarts")
@@ -201,18 +212,24 @@ class Trainer:
             self.leftover.append(seg)
 
     def _train_batch(self, u: int) -> None:
-        segments = sorted(self._batch, key=lambda s: s.ticket_id)
+        # Without the streamer the batch trains in (manager, segment) order: the same segments
+        # give the same update whichever order they arrived or took their tickets in.
+        order = [[s.manager_id, s.segment_id] for s in self._batch]
+        segments = sorted(self._batch, key=lambda s: (s.manager_id, s.segment_id))
         t0 = time.time()
         metrics = self.learner.stream_finish() if self.streamer else self.learner.train(segments)
         t1 = time.time()
         self._t_busy += t1 - t0
-        self.events.emit("train", t0=t0, t1=t1, version=u, samples=metrics["train_samples"])
+        # ``segments``: the batch in arrival order, the streamer's micro-batch order (``trust.replay``)
+        self.events.emit("train", t0=t0, t1=t1, version=u, samples=metrics["train_samples"], segments=order)
         self.events.emit("optimizer_step", version=self.version)
         if metrics["rejected_samples"]:
             self.events.emit("rejected", version=u, samples=metrics["rejected_samples"])
         t = time.time()
-        self._last_handle = self.publish(self.version, self.policy.sync_state_dict())
+        weights = self.policy.sync_state_dict()
+        self._last_handle = self.publish(self.version, weights)
         self.events.emit("weights_published", version=self.version, t0=t, t1=time.time())
+        metrics["weights_sha256"] = weights_digest(weights)
         self.trained_samples += int(metrics["train_samples"])
         self.rejected_samples += int(metrics["rejected_samples"])
         self.updates_done += 1

@@ -1,0 +1,1 @@
+"""Trust: manifest, audit log, replay, report."""
