@@ -446,14 +446,20 @@ def replay(
 
     t0 = time.perf_counter()
     try:
-        res = run_replay(run_dir, until, on_update=lambda u, n: console.print(f"replayed update {u}/{n}", end="\r"))
+        res = run_replay(
+            run_dir, until, on_update=lambda u, n: console.print(f"replayed update {u}/{n}", end="\r")
+        )
     except ReplayError as e:
         _fail(e)
     console.print()
     if not res.ok:
         print(f"replay diverged at {res.divergence}", file=sys.stderr)
         raise typer.Exit(code=1)
-    weights = f"final weights equal {res.weights_checked}" if res.weights_checked else "no checkpoint at the last update to compare weights with"
+    weights = (
+        f"final weights equal {res.weights_checked}"
+        if res.weights_checked
+        else "no checkpoint at the last update to compare weights with"
+    )
     console.print(
         f"replay matches: {res.updates} updates, metric rows identical (timing aside), {weights} "
         f"({time.perf_counter() - t0:.0f} s)"

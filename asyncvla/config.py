@@ -208,6 +208,10 @@ class RuntimeConfig(_Strict):
     """A simulator that raises inside ``step`` or ``reset`` is handled by its env manager (the
     affected episodes dropped, the envs reset or rebuilt) up to this many times per manager within
     ``restart_window_s``; one more fails the env worker (then supervision restarts it)."""
+    record_schedule: bool = True
+    """Record what ``asyncvla replay`` needs in ``events.jsonl`` and the metric rows: each inference
+    batch's requests, each segment's ticket, each update's segment order, a digest of every
+    published weight version; action sampling is seeded per batch. Off only to measure its cost."""
     address: str | None = None
     """Ray cluster to join (``auto`` or HOST:PORT); None starts a local instance."""
 

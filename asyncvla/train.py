@@ -24,7 +24,7 @@ from asyncvla.runtime.launcher import load_weights
 from asyncvla.runtime.trainer import LOSS_COUNTERS
 from asyncvla.runtime.types import concat_obs
 from asyncvla.sft import behaviour_clone, collect_demos, pretrain_grounding
-from asyncvla.trust.audit import AuditLog, verify_checkpoint
+from asyncvla.trust.audit import AuditError, AuditLog, verify_checkpoint
 from asyncvla.trust.manifest import Manifest, array_digest, sha256_text
 
 
@@ -123,6 +123,26 @@ def _latest_checkpoint(run_path: Path) -> Path | None:
     return run_path / "checkpoints" / json.loads(marker.read_text())["path"]
 
 
+def _vouched_checkpoint(latest: Path, console: Console) -> Path:
+    """The newest checkpoint of the run that its audit log records and that matches its hashes:
+    a run stopped between writing a checkpoint and recording it resumes from the one before."""
+    candidates = [latest] + sorted(
+        (p for p in latest.parent.glob("update_*") if p.is_dir() and p.name < latest.name), reverse=True
+    )
+    first: AuditError | None = None
+    for c in candidates:
+        try:
+            verify_checkpoint(c)
+        except AuditError as e:
+            first = first or e
+            continue
+        if c != latest:
+            console.print(f"resume: {latest.name} is not in the audit log ({first}); using {c.name}")
+        return c
+    assert first is not None
+    raise first
+
+
 def train(
     cfg: Config,
     run_path: Path,
@@ -164,6 +184,8 @@ def train(
     if resume and ckpt is None:
         probe.close()
         raise FileNotFoundError(f"--resume: no checkpoint in {Path(run_path) / 'checkpoints'}")
+    if ckpt is not None and verify:
+        ckpt = _vouched_checkpoint(ckpt, console)
     # The policy to start from: the checkpoint resumed from, or a train.init checkpoint directory.
     source, label = (ckpt, f"checkpoint {ckpt}") if ckpt is not None else (None, "")
     if ckpt is None and cfg.train.init not in (None, "sft"):
@@ -203,13 +225,17 @@ def train(
             audit.checkpoint(run.path / "sft", update=0)
             manifest.set(
                 demo_data={
-                    k: extra[k] for k in ("sft_data_sha256", "pretrain_data_sha256", "sft_demos") if k in extra
+                    k: extra[k]
+                    for k in ("sft_data_sha256", "pretrain_data_sha256", "sft_demos")
+                    if k in extra
                 }
             )
         elif init_policy is not None:
             policy = init_policy
         init_eval = evaluate(cfg, policy, cfg.eval.episodes)
-        audit.append("evaluation", update=0, episodes=cfg.eval.episodes, success_rate=init_eval["success_rate"])
+        audit.append(
+            "evaluation", update=0, episodes=cfg.eval.episodes, success_rate=init_eval["success_rate"]
+        )
         state["sft_success_rate"] = init_eval["success_rate"]
         state["sft_success_ci95"] = [init_eval["success_ci95_low"], init_eval["success_ci95_high"]]
         console.print(
@@ -230,7 +256,8 @@ def train(
             if ref is not None:
                 load_weights(eval_policy, {"weights": ray.get(ref[0]), "version": row["policy_version"]})
                 row["eval_success_rate"] = quick_eval(cfg, eval_policy, row["update"])
-            audit.append("weights", version=row["policy_version"], sha256=row["weights_sha256"])
+            if "weights_sha256" in row:
+                audit.append("weights", version=row["policy_version"], sha256=row["weights_sha256"])
             if ref is not None:
                 audit.append(
                     "evaluation",

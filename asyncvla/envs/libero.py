@@ -20,10 +20,10 @@ import ctypes.util
 import hashlib
 import logging
 import os
-from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -127,7 +127,11 @@ def _load_task(suite: str, task_id: int) -> _Task:
     task = bench.get_task(task_id)
     init_path = os.path.join(get_libero_path("init_states"), task.problem_folder, task.init_states_file)
     return _Task(
-        task_id, task.language, bench.get_task_bddl_file_path(task_id), _load_init_states(init_path), init_path
+        task_id,
+        task.language,
+        bench.get_task_bddl_file_path(task_id),
+        _load_init_states(init_path),
+        init_path,
     )
 
 

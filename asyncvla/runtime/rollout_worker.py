@@ -52,6 +52,7 @@ class RolloutWorker:
         # Action sampling depends only on the batch: each batch seeds the sampler from (seed,
         # start update, worker, batch index), so a recorded schedule replays it (``trust.replay``).
         self.seed_base = ((cfg.seed * 1000 + spec.start_update) * 100 + spec.worker_id) * 10**7
+        self.record = rt.record_schedule
         torch.manual_seed(self.seed_base)
         self.policy = policy.build("rollout")
         self.policy.eval()
@@ -123,6 +124,9 @@ class RolloutWorker:
         if not ready:
             return None
         batch = self.batcher.take(adm)
+        extra = {}
+        if self.record:  # (manager, request id, shard) in batch order: what ``trust.replay`` re-forms
+            extra["reqs"] = [[w.request.manager_id, w.request.request_id, w.request.shard] for w in batch]
         self.events.emit(
             "batch_formed",
             samples=sum(w.samples for w in batch),
@@ -130,9 +134,8 @@ class RolloutWorker:
             reason=reason,
             version=v,
             managers=[w.request.manager_id for w in batch],
-            # (manager, request id, shard) in batch order: what ``trust.replay`` re-forms
-            reqs=[[w.request.manager_id, w.request.request_id, w.request.shard] for w in batch],
             wait_ms=1000 * (now - min(w.arrived for w in batch)),
+            **extra,
         )
         return batch
 
@@ -144,7 +147,8 @@ class RolloutWorker:
         """One forward over the batch; the replies in the batch's order."""
         n = sum(w.samples for w in batch)
         t0 = time.time()
-        torch.manual_seed(self.batch_seed(self.batches))
+        if self.record:
+            torch.manual_seed(self.batch_seed(self.batches))
         replies = self.infer([w.request for w in batch])
         self.events.emit("batch_inferred", t0=t0, t1=time.time(), samples=n, version=self.version)
         self.served += n

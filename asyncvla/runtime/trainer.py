@@ -104,6 +104,7 @@ class Trainer:
         if spec.optimizer_dir:
             self.learner.load_optimizer(Path(spec.optimizer_dir))
         self.streamer = switches.streamer
+        self.record = cfg.runtime.record_schedule
         self.publish = publish or (lambda version, weights: None)
         self.events = events or EventBuffer("trainer", lambda evs: None)
         self.run_path = Path(spec.run_path) if spec.run_path else None
@@ -221,7 +222,8 @@ class Trainer:
         t1 = time.time()
         self._t_busy += t1 - t0
         # ``segments``: the batch in arrival order, the streamer's micro-batch order (``trust.replay``)
-        self.events.emit("train", t0=t0, t1=t1, version=u, samples=metrics["train_samples"], segments=order)
+        extra = {"segments": order} if self.record else {}
+        self.events.emit("train", t0=t0, t1=t1, version=u, samples=metrics["train_samples"], **extra)
         self.events.emit("optimizer_step", version=self.version)
         if metrics["rejected_samples"]:
             self.events.emit("rejected", version=u, samples=metrics["rejected_samples"])
@@ -229,7 +231,8 @@ class Trainer:
         weights = self.policy.sync_state_dict()
         self._last_handle = self.publish(self.version, weights)
         self.events.emit("weights_published", version=self.version, t0=t, t1=time.time())
-        metrics["weights_sha256"] = weights_digest(weights)
+        if self.record:
+            metrics["weights_sha256"] = weights_digest(weights)
         self.trained_samples += int(metrics["train_samples"])
         self.rejected_samples += int(metrics["rejected_samples"])
         self.updates_done += 1

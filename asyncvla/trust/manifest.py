@@ -167,7 +167,12 @@ class Manifest:
         entry = checkpoint_entry(self.run_dir, loaded) if loaded is not None else None
         if resumed and d:
             d.setdefault("resumes", []).append(
-                {"time": _now(), "checkpoint": entry, "config_sha256": sha256_text(config_text), **environment()}
+                {
+                    "time": _now(),
+                    "checkpoint": entry,
+                    "config_sha256": sha256_text(config_text),
+                    **environment(),
+                }
             )
             d["finished"] = None
         else:

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from asyncvla.config import Config, ConfigError, load_config
@@ -149,7 +148,9 @@ def load_schedule(run_dir: Path) -> Schedule:
         kind, worker = e.get("kind"), str(e.get("worker", ""))
         if kind == "batch_formed":
             if not worker.startswith("rollout") or not worker[7:].isdigit():
-                raise ReplayError(f"{path}: batch_formed event (seq {e.get('seq', '?')}) of worker {worker!r}")
+                raise ReplayError(
+                    f"{path}: batch_formed event (seq {e.get('seq', '?')}) of worker {worker!r}"
+                )
             by_worker.setdefault(int(worker[7:]), []).append(e)
         elif kind == "segment_shipped":
             m = int(_field(path, e, "manager"))
@@ -165,7 +166,9 @@ def load_schedule(run_dir: Path) -> Schedule:
             trains.append(e)
     batches = {
         w: [
-            Batch(int(_field(path, e, "version")), [tuple(int(x) for x in r) for r in _field(path, e, "reqs")])
+            Batch(
+                int(_field(path, e, "version")), [tuple(int(x) for x in r) for r in _field(path, e, "reqs")]
+            )
             for e in sorted(evs, key=lambda e: int(_field(path, e, "wseq")))
         ]
         for w, evs in by_worker.items()
@@ -187,6 +190,24 @@ def load_schedule(run_dir: Path) -> Schedule:
     )
 
 
+def _check_config(run_dir: Path) -> None:
+    """config.yaml must be the config the manifest recorded at the start."""
+    from asyncvla.trust.manifest import MANIFEST_FILE, sha256_text
+
+    path = run_dir / MANIFEST_FILE
+    if not path.is_file():
+        return
+    try:
+        recorded = json.loads(path.read_text()).get("config_sha256")
+    except (ValueError, AttributeError):
+        raise ReplayError(f"{path}: not a manifest (truncated or edited)") from None
+    if recorded != sha256_text((run_dir / "config.yaml").read_text()):
+        raise ReplayError(
+            f"{run_dir / 'config.yaml'} is not the config this run started with (its sha256 differs "
+            f"from {MANIFEST_FILE}'s config_sha256): replay runs a run's own config"
+        )
+
+
 def _initial_policy(cfg: Config, run_dir: Path):
     """The policy the run's schedule started from."""
     from asyncvla.builder import build_policy, probe_env
@@ -205,7 +226,9 @@ def _initial_policy(cfg: Config, run_dir: Path):
         finally:
             probe.close()
     if not (src / "policy.json").is_file():
-        raise ReplayError(f"train.init {init}: no checkpoint at {src} (replay needs the run's initial policy)")
+        raise ReplayError(
+            f"train.init {init}: no checkpoint at {src} (replay needs the run's initial policy)"
+        )
     return load_policy(src)
 
 
@@ -257,6 +280,11 @@ def replay(
         cfg = load_config(run_dir / "config.yaml")
     except ConfigError as e:
         raise ReplayError(f"{run_dir / 'config.yaml'}: {e}") from None
+    if not cfg.runtime.record_schedule:
+        raise ReplayError(
+            f"{run_dir}: recorded with runtime.record_schedule false, so its schedule is unknown"
+        )
+    _check_config(run_dir)
     recorded = _read_jsonl(run_dir / "metrics.jsonl")
     sched = load_schedule(run_dir)
     total = min(len(recorded), len(sched.updates))
@@ -268,7 +296,9 @@ def replay(
         total = until
     for i, row in enumerate(recorded[:total], 1):
         if row.get("update") != i:
-            raise ReplayError(f"{run_dir / 'metrics.jsonl'}: row {i} is update {row.get('update')!r}, not {i}")
+            raise ReplayError(
+                f"{run_dir / 'metrics.jsonl'}: row {i} is update {row.get('update')!r}, not {i}"
+            )
 
     threads = _Threads(cfg, sched.cores)
     threads.use("driver")
@@ -317,7 +347,9 @@ def replay(
     pos = {w: 0 for w in sched.batches}
     for w in sched.batches:
         if not 0 <= w < len(rollouts):
-            raise ReplayError(f"events.jsonl: batches of rollout{w}, but the config has {len(rollouts)} rollout workers")
+            raise ReplayError(
+                f"events.jsonl: batches of rollout{w}, but the config has {len(rollouts)} rollout workers"
+            )
 
     def run_batch(w: int) -> bool:
         """Run rollout worker w's next batch if the record says it can go now."""
@@ -340,7 +372,9 @@ def replay(
         for r in reqs:
             del open_reqs[(r.manager_id, r.shard)]
         threads.use("rollout")
-        replies: list[ActionReply] = worker.run_batch([Waiting(r, r.num_samples, (r.manager_id, r.shard), 0.0) for r in reqs])
+        replies: list[ActionReply] = worker.run_batch(
+            [Waiting(r, r.num_samples, (r.manager_id, r.shard), 0.0) for r in reqs]
+        )
         pos[w] += 1
         threads.use("env")
         stepped = []
@@ -390,7 +424,10 @@ def replay(
                 on_update(done, total)
             if divergence is not None:
                 break
-            needed = min((sched.batches[w][pos[w]].version for w in pos if pos[w] < len(sched.batches[w])), default=None)
+            needed = min(
+                (sched.batches[w][pos[w]].version for w in pos if pos[w] < len(sched.batches[w])),
+                default=None,
+            )
             for v in [v for v in published if needed is None or v < needed]:
                 if v != trainer.version:
                     del published[v]
@@ -427,7 +464,11 @@ def _compare_weights(run_dir: Path, trainer: Trainer, update: int) -> tuple[Dive
     for k in sorted(set(saved) | set(mine)):
         a, b = saved.get(k), mine.get(k)
         if a is None or b is None or a.shape != b.shape or not torch.equal(a, b.to(a.dtype)):
-            diff = "absent" if a is None or b is None else f"max |diff| {float((a.double() - b.double()).abs().max()):.3g}"
+            diff = (
+                "absent"
+                if a is None or b is None
+                else f"max |diff| {float((a.double() - b.double()).abs().max()):.3g}"
+            )
             return Divergence(update, f"weights[{k}]", str(ckpt.relative_to(run_dir)), diff), None
     return None, str(ckpt.parent.relative_to(run_dir))
 
@@ -441,6 +482,3 @@ def metrics_digest(run_dir: str | Path) -> str:
     for r in rows:
         h.update(json.dumps({k: v for k, v in r.items() if k not in TIMING}, sort_keys=True).encode())
     return h.hexdigest()
-
-
-__all__ = ["TIMING", "Divergence", "ReplayError", "ReplayResult", "compare_rows", "load_schedule", "metrics_digest", "replay", "np"]

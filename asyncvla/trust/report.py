@@ -183,11 +183,7 @@ def quick_eval_ci(rate: float, episodes: int) -> tuple[float, float] | None:
 
 def eval_rows(run: Run, up_to: int | None = None) -> list[dict[str, Any]]:
     """Metric rows with a periodic held-out evaluation, at or before update ``up_to``."""
-    return [
-        r
-        for r in run.rows
-        if "eval_success_rate" in r and (up_to is None or int(r["update"]) <= up_to)
-    ]
+    return [r for r in run.rows if "eval_success_rate" in r and (up_to is None or int(r["update"]) <= up_to)]
 
 
 # -- plots ---------------------------------------------------------------------------------------
@@ -196,17 +192,16 @@ def eval_rows(run: Run, up_to: int | None = None) -> list[dict[str, Any]]:
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=100)
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
 def _png(fig) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", metadata={"Software": None})
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _img(fig_id: str, alt: str, fig) -> str:
-    fig.tight_layout()
     return f'<img id="{fig_id}" alt="{html.escape(alt)}" src="data:image/png;base64,{_png(fig)}">'
 
 
@@ -232,7 +227,9 @@ def plot_learning(rows: list[dict[str, Any]]) -> str:
     a.set_ylim(-0.02, 1.02)
     a.grid(alpha=0.3)
     a.legend(loc="best")
-    return _img("plot-learning", "success rate of training episodes and held-out evaluations vs env steps", fig)
+    return _img(
+        "plot-learning", "success rate of training episodes and held-out evaluations vs env steps", fig
+    )
 
 
 def plot_return(rows: list[dict[str, Any]]) -> str:
@@ -368,10 +365,10 @@ def merge_intervals(spans: np.ndarray, gap: float = 0.0) -> np.ndarray:
     if len(spans) == 0:
         return spans.reshape(0, 2)
     ends = np.maximum.accumulate(spans[:, 1])
-    new = np.empty(len(spans), dtype=bool)
-    new[0] = True
-    new[1:] = spans[1:, 0] > ends[:-1] + gap
-    starts = np.flatnonzero(new)
+    opens = np.empty(len(spans), dtype=bool)
+    opens[0] = True
+    opens[1:] = spans[1:, 0] > ends[:-1] + gap
+    starts = np.flatnonzero(opens)
     last = np.append(starts[1:] - 1, len(spans) - 1)
     return np.stack([spans[starts, 0], ends[last]], axis=1)
 
@@ -412,7 +409,7 @@ def busy_table(tl: Timeline) -> list[dict[str, Any]]:
 def plot_timeline(tl: Timeline) -> str:
     workers = sorted(tl.intervals, key=_worker_order)
     gap = tl.span_s / _TIMELINE_BINS
-    fig = _figure(10, 0.9 + 0.45 * len(workers))
+    fig = _figure(10, 1.2 + 0.45 * len(workers))
     a = fig.add_subplot(1, 1, 1)
     seen: set[str] = set()
     for i, worker in enumerate(workers):
@@ -422,20 +419,22 @@ def plot_timeline(tl: Timeline) -> str:
             label = kind if kind not in seen else None
             seen.add(kind)
             a.broken_barh(
-                list(zip(m[:, 0], np.maximum(m[:, 1] - m[:, 0], gap))),
+                np.stack([m[:, 0], np.maximum(m[:, 1] - m[:, 0], gap)], axis=1),
                 (i - 0.35, 0.7),
                 facecolors=colour,
                 label=label,
             )
         if tl.failures.get(worker):
-            a.plot(tl.failures[worker], [i] * len(tl.failures[worker]), "kx", markersize=8)
+            label = "worker failed" if "worker failed" not in seen else None
+            seen.add("worker failed")
+            a.plot(tl.failures[worker], [i] * len(tl.failures[worker]), "kx", markersize=8, label=label)
     a.set_yticks(range(len(workers)))
     a.set_yticklabels(workers)
     a.set_ylim(len(workers) - 0.5, -0.5)
     a.set_xlim(0, max(tl.span_s, 1e-6))
     a.set_xlabel("seconds since the first event")
     a.grid(alpha=0.3, axis="x")
-    a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(workers) < 4 else -0.12), ncol=5, fontsize=8)
+    fig.legend(loc="outside upper center", ncol=6, fontsize=8, frameon=False)
     return _img("plot-timeline", "per-worker timeline of busy intervals, coloured by event kind", fig)
 
 
@@ -467,7 +466,8 @@ def _table(header: Sequence[str], body: Iterable[Sequence[Any]], numeric: Sequen
     lines = []
     for row in body:
         cells = "".join(
-            f'<td class="num">{_e(c)}</td>' if i in numeric else f"<td>{_e(c)}</td>" for i, c in enumerate(row)
+            f'<td class="num">{_e(c)}</td>' if i in numeric else f"<td>{_e(c)}</td>"
+            for i, c in enumerate(row)
         )
         lines.append(f"<tr>{cells}</tr>")
     return f"<table><tr>{head}</tr>{''.join(lines)}</table>"
@@ -508,14 +508,15 @@ def _header(run: Run) -> str:
         ("env steps", env_steps),
         ("RL wall-clock", NOT_RECORDED if wall is None else f"{float(wall):.1f} s"),
         ("env steps/s", NOT_RECORDED if "env_steps_per_s" not in s else f"{s['env_steps_per_s']:.0f}"),
-        ("samples trained / rejected", f"{s.get('samples_trained', NOT_RECORDED)} / {s.get('samples_rejected', NOT_RECORDED)}"),
+        (
+            "samples trained / rejected",
+            f"{s.get('samples_trained', NOT_RECORDED)} / {s.get('samples_rejected', NOT_RECORDED)}",
+        ),
     ]
     lost = {k: s[k] for k in ("lost_samples", "lost_episodes", "worker_restarts", "env_errors") if s.get(k)}
     if lost:
         pairs.append(("supervision", ", ".join(f"{k} {v}" for k, v in lost.items())))
-    return (
-        f'<section id="run"><h1>Run report: {_e(run.name)}</h1>{headline}{_kv(pairs)}</section>'
-    )
+    return f'<section id="run"><h1>Run report: {_e(run.name)}</h1>{headline}{_kv(pairs)}</section>'
 
 
 def _learning(run: Run) -> str:
@@ -523,7 +524,7 @@ def _learning(run: Run) -> str:
     if not eval_rows(run):
         parts.append('<p class="muted">No periodic held-out evaluation (train.eval_every is 0).</p>')
     opt = plot_optimisation(run.rows)
-    opt_html = f'<h3>Optimisation</h3>{opt}' if opt else ""
+    opt_html = f"<h3>Optimisation</h3>{opt}" if opt else ""
     return f'<section id="learning"><h2>Learning curves</h2>{"".join(parts)}{opt_html}</section>'
 
 
@@ -607,7 +608,9 @@ def _evaluation(run: Run) -> str:
     )
     table = _table(["policy", "when", "success rate", "95% interval", "episodes"], body, numeric=(2, 4))
     delta = ""
-    if isinstance(s.get("final_success_rate"), (int, float)) and isinstance(s.get("sft_success_rate"), (int, float)):
+    if isinstance(s.get("final_success_rate"), (int, float)) and isinstance(
+        s.get("sft_success_rate"), (int, float)
+    ):
         delta = f"<p>Final minus initial: {s['final_success_rate'] - s['sft_success_rate']:+.3f}.</p>"
     note = (
         '<p class="muted">Held-out init states (eval.seed_offset and up) are disjoint from the '
