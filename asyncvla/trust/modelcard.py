@@ -79,13 +79,13 @@ class _Checkpoint:
         self.run_path = run.path
         self.policy = _read_json(path / "policy.json")
         self.state = _read_json(path / "state.json")
+        # an RL checkpoint (checkpoints/update_NNNNN) has the trainer's state; sft/ has none
         self.is_rl = "update" in self.state
-        """An RL checkpoint (``checkpoints/update_NNNNN``) rather than the SFT/initial one."""
         self.update = int(self.state["update"]) if self.is_rl else 0
         s = run.summary or {}
         self.is_final = self.is_rl and "updates" in s and int(s["updates"]) == self.update
+        # the SFT checkpoint the run's RL started from, evaluated as the initial policy
         self.is_initial = not self.is_rl and (run.config.get("train") or {}).get("init") == "sft"
-        """The SFT checkpoint the run's RL started from (evaluated as the initial policy)."""
 
     @property
     def label(self) -> str:
@@ -407,7 +407,7 @@ def _lineage(ck: _Checkpoint, run: Run) -> str:
     ]
     recorded: dict[str, str] = {}
     for entry in m.get("checkpoints_written") or []:
-        if isinstance(entry, dict) and str(entry.get("path", "")).rstrip("/").endswith(ck.path.name):
+        if isinstance(entry, dict) and str(entry.get("path", "")).rstrip("/") == ck.label:
             recorded = entry.get("files") or {}
     files = []
     for f in sorted(
