@@ -208,6 +208,10 @@ class RuntimeConfig(_Strict):
     """A simulator that raises inside ``step`` or ``reset`` is handled by its env manager (the
     affected episodes dropped, the envs reset or rebuilt) up to this many times per manager within
     ``restart_window_s``; one more fails the env worker (then supervision restarts it)."""
+    deterministic: bool = False
+    """Deterministic kernels in every worker (``torch.use_deterministic_algorithms``, cuDNN
+    autotuning off, ``CUBLAS_WORKSPACE_CONFIG=:4096:8``): what a GPU run needs for bit-identical
+    reruns and replays; CPU kernels are deterministic without it."""
     record_schedule: bool = True
     """Record what ``asyncvla replay`` needs in ``events.jsonl`` and the metric rows: each inference
     batch's requests, each segment's ticket, each update's segment order, a digest of every

@@ -21,6 +21,7 @@ from asyncvla.rundir import RunDir, atomic_write_text
 from asyncvla.runtime.autoplace import resolve as resolve_auto
 from asyncvla.runtime.driver import run_schedule
 from asyncvla.runtime.launcher import load_weights
+from asyncvla.runtime.placement import use_deterministic
 from asyncvla.runtime.trainer import LOSS_COUNTERS
 from asyncvla.runtime.types import concat_obs
 from asyncvla.sft import behaviour_clone, collect_demos, pretrain_grounding
@@ -168,6 +169,7 @@ def train(
             f"auto: {auto['chosen']} (mode {cfg.mode}, placement {cfg.runtime.placement}), predicted "
             f"{pred[auto['chosen']]:.1f} env steps/s for {auto['profile']}{vs_sync}"
         )
+    use_deterministic(cfg.runtime.deterministic)
     torch.manual_seed(cfg.seed)
     probe = probe_env(cfg)
     policy = build_policy(cfg, probe)

@@ -70,6 +70,7 @@ NOT_MODELLED: tuple[tuple[str, str], ...] = (
     ("runtime.max_restarts", "supervision after a worker fails: the simulated workers do not fail"),
     ("runtime.restart_window_s", "supervision after a worker fails: the simulated workers do not fail"),
     ("runtime.max_env_errors", "simulator errors: the simulated envs do not fail"),
+    ("runtime.deterministic", "kernel selection on GPUs: no schedule"),
     ("runtime.record_schedule", "a few event fields and a weights digest per update: no schedule"),
     ("runtime.address", "which Ray cluster runs the workers: no schedule"),
     (

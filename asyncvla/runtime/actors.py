@@ -25,7 +25,7 @@ from asyncvla.config import Config
 from asyncvla.runtime.env_worker import EnvWorker, EnvWorkerSpec
 from asyncvla.runtime.events import EventBuffer, EventWriter
 from asyncvla.runtime.gate import StalenessGate, Ticket
-from asyncvla.runtime.placement import plan
+from asyncvla.runtime.placement import plan, use_deterministic
 from asyncvla.runtime.rollout_worker import RolloutSpec, RolloutWorker
 from asyncvla.runtime.trainer import Lost, Trainer, TrainerSpec
 from asyncvla.runtime.types import ActionReply, ObsRequest, Segment
@@ -38,6 +38,7 @@ def _set_threads(cfg: Config, role: str) -> None:
     n = plan(cfg)[role].torch_threads
     if n > 0:
         torch.set_num_threads(n)
+    use_deterministic(cfg.runtime.deterministic)
 
 
 def _events(name: str, coordinator: Any) -> EventBuffer:

@@ -27,12 +27,34 @@ class WorkerPlacement:
     torch_threads: int
 
     passive: bool = False
+    deterministic: bool = False
 
     def ray_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        env = {}
         if self.passive:
-            opts["runtime_env"] = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+        if self.deterministic:
+            env.update(DETERMINISTIC_ENV)
+        if env:
+            opts["runtime_env"] = {"env_vars": env}
         return opts
+
+
+DETERMINISTIC_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+"""cuBLAS needs a fixed workspace for deterministic GEMMs; set before CUDA initialises."""
+
+
+def use_deterministic(on: bool) -> None:
+    """Deterministic kernels in this process (``runtime.deterministic``)."""
+    if not on:
+        return
+    import torch
+
+    for k, v in DETERMINISTIC_ENV.items():
+        os.environ.setdefault(k, v)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def plan(cfg: Config, cores: int | None = None) -> dict[str, WorkerPlacement]:
@@ -46,7 +68,9 @@ def plan(cfg: Config, cores: int | None = None) -> dict[str, WorkerPlacement]:
         auto = {"env": 1, "rollout": 1, "trainer": max(1, cores - rt.num_rollout_workers)}
 
     def one(kind: str, res: Resources) -> WorkerPlacement:
-        return WorkerPlacement(res.cpus, res.gpus, res.torch_threads or auto[kind], rt.passive_threads)
+        return WorkerPlacement(
+            res.cpus, res.gpus, res.torch_threads or auto[kind], rt.passive_threads, rt.deterministic
+        )
 
     return {
         "env": one("env", rt.env),

@@ -39,7 +39,7 @@ from asyncvla.config import Config, ConfigError, load_config
 from asyncvla.runtime.batching import Waiting
 from asyncvla.runtime.env_worker import EnvManager, build_managers
 from asyncvla.runtime.gate import Ticket
-from asyncvla.runtime.placement import plan, worker_specs
+from asyncvla.runtime.placement import plan, use_deterministic, worker_specs
 from asyncvla.runtime.rollout_worker import RolloutWorker
 from asyncvla.runtime.trainer import Trainer, TrainerSpec
 from asyncvla.runtime.types import ActionReply, ObsRequest, Segment
@@ -300,6 +300,7 @@ def replay(
                 f"{run_dir / 'metrics.jsonl'}: row {i} is update {row.get('update')!r}, not {i}"
             )
 
+    use_deterministic(cfg.runtime.deterministic)
     threads = _Threads(cfg, sched.cores)
     threads.use("driver")
     policy = _initial_policy(cfg, run_dir)
