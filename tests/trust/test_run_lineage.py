@@ -86,11 +86,11 @@ def test_a_tampered_checkpoint_is_caught_and_refused_at_load(run, tmp_path):
     cli = CliRunner()
     out = cli.invoke(app, ["audit", "verify", str(bad)])
     assert out.exit_code == 1 and "model.safetensors sha256 mismatch" in out.output
-    _one_line_error(cli.invoke(app, ["eval", str(ckpt), "--episodes", "2"]), "model.safetensors", "--no-verify")
-    cfg = [str(bad / "config.yaml"), f"train.init={ckpt}"]
     _one_line_error(
-        cli.invoke(app, ["train", *cfg, "--run-dir", str(tmp_path / "other")]), "--no-verify"
+        cli.invoke(app, ["eval", str(ckpt), "--episodes", "2"]), "model.safetensors", "--no-verify"
     )
+    cfg = [str(bad / "config.yaml"), f"train.init={ckpt}"]
+    _one_line_error(cli.invoke(app, ["train", *cfg, "--run-dir", str(tmp_path / "other")]), "--no-verify")
     assert not (tmp_path / "other").exists()  # refused before anything was written
     out = cli.invoke(app, ["eval", str(ckpt), "--episodes", "2", "--no-verify"])
     assert out.exit_code == 0, out.output

@@ -35,7 +35,13 @@ def test_load_schedule_orders_batches_tickets_and_updates(tmp_path):
     ev = [
         START,
         {"kind": "batch_formed", "worker": "rollout1", "wseq": 5, "version": 1, "reqs": [[1, 2, 0]]},
-        {"kind": "batch_formed", "worker": "rollout1", "wseq": 2, "version": 0, "reqs": [[0, 1, 0], [1, 1, 0]]},
+        {
+            "kind": "batch_formed",
+            "worker": "rollout1",
+            "wseq": 2,
+            "version": 0,
+            "reqs": [[0, 1, 0], [1, 1, 0]],
+        },
         {
             "kind": "segment_shipped",
             "worker": "env0",
@@ -74,7 +80,10 @@ def test_load_schedule_orders_batches_tickets_and_updates(tmp_path):
     "events, message",
     [
         ([START, START], "2 run_start events"),
-        ([START, {"kind": "worker_failed", "worker": "driver", "actor": "env0"}], "env0 failed during the run"),
+        (
+            [START, {"kind": "worker_failed", "worker": "driver", "actor": "env0"}],
+            "env0 failed during the run",
+        ),
         ([START, {"kind": "batch_formed", "worker": "rollout0", "wseq": 1, "version": 0}], "lacks 'reqs'"),
         ([], "0 run_start events"),
     ],
@@ -91,7 +100,9 @@ def test_metrics_digest_ignores_timing_only(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for d, wall in ((a, 0.0), (b, 7.0)):
         d.mkdir()
-        (d / "metrics.jsonl").write_text("".join(json.dumps({**r, "wall_s": r["wall_s"] + wall}) + "\n" for r in rows))
+        (d / "metrics.jsonl").write_text(
+            "".join(json.dumps({**r, "wall_s": r["wall_s"] + wall}) + "\n" for r in rows)
+        )
     assert metrics_digest(a) == metrics_digest(b)
     (b / "metrics.jsonl").write_text((b / "metrics.jsonl").read_text().replace("0.4", "0.41"))
     assert metrics_digest(a) != metrics_digest(b)
