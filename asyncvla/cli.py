@@ -93,8 +93,10 @@ def train(
         raise typer.Exit(code=130) from None
     console.print_json(json.dumps(summary))
     console.print(
-        f"run directory: [bold]{path}[/bold]  (summary.json, metrics.jsonl, curves.png, checkpoints/)"
+        f"run directory: [bold]{path}[/bold]  (summary.json, metrics.jsonl, manifest.json, audit.jsonl, "
+        "checkpoints/ with model cards)"
     )
+    console.print(f"report: [bold]{Path(path) / 'report.html'}[/bold]")
 
 
 @app.command()

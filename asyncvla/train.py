@@ -338,8 +338,7 @@ def train(
     )
     audit.close()
     run.close()
-    report = write_report(run.path)
-    console.print(f"report: {report}")
+    write_report(run.path)
     return summary
 
 

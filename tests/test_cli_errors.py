@@ -110,3 +110,26 @@ def test_malformed_yaml_names_line_and_column(tmp_path):
     cfg.write_text("name: x\nalgo:\n  lr: [1, 2\n  epochs: 3\n")
     r = CliRunner().invoke(app, ["train", str(cfg)])
     _one_error_line(r, "not valid YAML", "line ", "column ")
+
+
+@pytest.mark.parametrize(
+    "command, files, expected",
+    [
+        (["replay"], [], "no config.yaml"),
+        (["replay"], ["config.yaml", "metrics.jsonl"], "no events.jsonl"),
+        (["report"], [], "no metrics.jsonl"),
+        (["audit", "verify"], [], "audit.jsonl missing"),
+        (["audit", "sign", "--key", "missing.pem"], [], "audit.jsonl"),
+    ],
+    ids=["replay-empty", "replay-no-events", "report-empty", "verify-empty", "sign-empty"],
+)
+def test_trust_commands_refuse_a_directory_without_their_files(tmp_path, command, files, expected):
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in files:
+        (run / f).write_text("")
+    args = [*command[:2], str(run), *command[2:]] if command[0] == "audit" else [command[0], str(run)]
+    _one_error_line(CliRunner().invoke(app, args), expected)
+    assert sorted(p.name for p in run.iterdir()) == sorted(files)  # nothing written
+    missing = [str(tmp_path / "nope") if a == str(run) else a for a in args]
+    _one_error_line(CliRunner().invoke(app, missing), "nope")

@@ -65,7 +65,11 @@ class LatencyConfig:
 
 
 class LatencyEmulator:
-    """Samples and sleeps per-action-step simulator latency, from its own RNG (reproducible delays)."""
+    """Samples and sleeps per-action-step simulator latency, from its own RNG (reproducible delays).
+    ``sleep = False`` (class-wide) draws the delays without sleeping: ``asyncvla replay`` re-executes
+    a run's computation, not its timing."""
+
+    sleep = True
 
     def __init__(self, config: dict[str, Any] | LatencyConfig | None, seed: int = 0) -> None:
         self.config = config if isinstance(config, LatencyConfig) else LatencyConfig.from_dict(config)
@@ -104,7 +108,7 @@ class LatencyEmulator:
     def wait(self, active_per_step: Sequence[int]) -> float:
         """Sleep for ``delay_s(active_per_step)`` and return the seconds slept."""
         seconds = self.delay_s(active_per_step)
-        if seconds > 0:
+        if seconds > 0 and self.sleep:
             time.sleep(seconds)
             self.total_s += seconds
         return seconds

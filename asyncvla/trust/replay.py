@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from asyncvla.config import Config, ConfigError, load_config
+from asyncvla.envs.wrappers import LatencyEmulator
 from asyncvla.runtime.batching import Waiting
 from asyncvla.runtime.env_worker import EnvManager, build_managers
 from asyncvla.runtime.gate import Ticket
@@ -43,7 +44,7 @@ from asyncvla.runtime.placement import plan, use_deterministic, worker_specs
 from asyncvla.runtime.rollout_worker import RolloutWorker
 from asyncvla.runtime.trainer import Trainer, TrainerSpec
 from asyncvla.runtime.types import ActionReply, ObsRequest, Segment
-from asyncvla.runtime.weights import PolicySpec, pack
+from asyncvla.runtime.weights import PolicySpec, pack, unpack
 
 TIMING = frozenset(
     {"wall_s", "time_update_s", "time_train_s", "trainer_busy_frac", "env_steps_per_s", "decisions_per_s"}
@@ -267,9 +268,6 @@ def replay(
     on_update: Callable[[int, int], None] | None = None,
 ) -> ReplayResult:
     """Re-execute ``run_dir`` up to update ``until`` (default: its last) and compare."""
-    from asyncvla.builder import quick_eval
-    from asyncvla.runtime.launcher import load_weights
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReplayError(f"{run_dir}: no such run directory")
@@ -301,6 +299,24 @@ def replay(
             )
 
     use_deterministic(cfg.runtime.deterministic)
+    LatencyEmulator.sleep = False
+    try:
+        return _replay(run_dir, cfg, recorded, sched, total, on_update)
+    finally:
+        LatencyEmulator.sleep = True
+
+
+def _replay(
+    run_dir: Path,
+    cfg: Config,
+    recorded: list[dict[str, Any]],
+    sched: Schedule,
+    total: int,
+    on_update: Callable[[int, int], None] | None,
+) -> ReplayResult:
+    from asyncvla.builder import quick_eval
+    from asyncvla.runtime.launcher import load_weights
+
     threads = _Threads(cfg, sched.cores)
     threads.use("driver")
     policy = _initial_policy(cfg, run_dir)
@@ -367,8 +383,6 @@ def replay(
                 return False
             reqs.append(r)
         if b.version != worker.version:
-            from asyncvla.runtime.weights import unpack
-
             worker.set_weights(b.version, unpack(published[b.version]))
         for r in reqs:
             del open_reqs[(r.manager_id, r.shard)]

@@ -7,6 +7,7 @@ seconds on 2 cores.
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +31,12 @@ def env():
 def test_registered_and_set_up():
     assert ENVS.get("libero") is libero_env.LiberoVecEnv
     assert (libero_setup.check_ready() / "config.yaml").is_file()  # `make libero` ran and verified
+
+
+def test_asset_files_name_each_task_bddl_init_states_and_the_manifest(env):
+    files = env.asset_files()  # hashed into a run's manifest.json
+    assert set(files) == {"libero_assets.sha256", "task0.bddl", "task0.init"}
+    assert files["task0.bddl"].endswith(".bddl") and all(Path(p).is_file() for p in files.values())
 
 
 @pytest.mark.slow
