@@ -12,7 +12,6 @@ before the trust files): its section then says "not recorded".
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import io
 import json
@@ -24,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import yaml
+
+from asyncvla.trust.audit import sha256_file, verify_run
 
 NOT_RECORDED = "not recorded"
 INTERVAL_KINDS = ("env_step", "batch_inferred", "micro_batch", "train", "weights_published")
@@ -110,22 +111,10 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(path, config, rows, _read_json(path / "summary.json"), _read_json(path / "manifest.json"))
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def audit_status(run_dir: Path) -> str:
     """One line on the audit chain of ``audit.jsonl``: intact (records, head) or why not."""
     if not (Path(run_dir) / "audit.jsonl").is_file():
         return "audit log: not available (no audit.jsonl)"
-    try:
-        from asyncvla.trust.audit import verify_run
-    except ImportError:
-        return "audit log: not available (asyncvla.trust.audit is not installed)"
     try:
         res = verify_run(Path(run_dir))
     except Exception as e:  # a verifier that fails is reported, not fatal to the report
