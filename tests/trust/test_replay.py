@@ -13,25 +13,16 @@ from asyncvla.cli import app
 from asyncvla.config import load_config
 from asyncvla.train import train
 from asyncvla.trust.replay import TIMING, ReplayError, metrics_digest, replay
+from tests.trust.tiny import TINY
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 
 BASE = [
-    "env.num_envs=4",
-    "env.num_managers=2",
-    "env.kwargs.family=reach",
-    "train.rollout_steps=3",
+    *TINY,
     "train.updates=8",
     "train.eval_every=4",
     "train.checkpoint_every=4",
-    "algo.minibatch_size=16",
     "algo.epochs=2",
-    "eval.episodes=4",
-    "eval.quick_episodes=4",
-    "eval.num_envs=4",
-    "policy.kwargs.image_grid=4",
-    "policy.kwargs.size=nano",
-    "runtime.stall_timeout_s=120",
 ]
 # Two managers with heavy-tailed simulator step times and a staleness bound of 2, so that the
 # schedule (batch composition, versions, arrival order) really depends on timing.

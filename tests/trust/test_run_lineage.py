@@ -12,26 +12,17 @@ from asyncvla.config import load_config
 from asyncvla.train import train
 from asyncvla.trust.audit import sha256_file
 from asyncvla.trust.manifest import sha256_text
+from tests.trust.tiny import TINY
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 
 BASE = [
+    *TINY,
     "mode=sync",
-    "env.num_envs=4",
-    "env.num_managers=2",
-    "env.kwargs.family=reach",
-    "train.rollout_steps=3",
     "train.updates=4",
     "train.eval_every=2",
     "train.checkpoint_every=2",
-    "algo.minibatch_size=16",
     "algo.epochs=1",
-    "eval.episodes=4",
-    "eval.quick_episodes=4",
-    "eval.num_envs=4",
-    "policy.kwargs.image_grid=4",
-    "policy.kwargs.size=nano",
-    "runtime.stall_timeout_s=120",
 ]
 
 
