@@ -28,4 +28,7 @@ def test_ppo_improves_held_out_success_on_reach(tmp_path):
     )
     summary = train(cfg, tmp_path / "run")
     # Both rates come from the same 300 deterministic held-out episodes (eval.seed_offset).
-    assert summary["final_success_rate"] >= summary["sft_success_rate"] + 0.05, summary
+    # Compared in episodes (at least 15 of 300 more successes), not in rounded rates.
+    n = summary["eval_episodes"]
+    gained = round(summary["final_success_rate"] * n) - round(summary["sft_success_rate"] * n)
+    assert gained >= 0.05 * n, summary
