@@ -66,7 +66,7 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
     for k in sorted(state):
         t = state[k].detach().cpu().contiguous()
         h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # hashed in place, no copy
     return h.hexdigest()
 
 
