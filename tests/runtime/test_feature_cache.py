@@ -1,9 +1,10 @@
 """Frozen-feature caching: the cached path computes exactly what the uncached one does, and the
 frozen part runs once per sample per update instead of once per forward pass.
 
-Exact equality needs every matrix product to see the same kernels in both paths: CPU BLAS picks
-other kernels for very small row counts (1-2 rows), which changes the last bits of a row whether
-or not anything is cached. So every micro-batch and minibatch here holds 8 samples."""
+Exact equality needs every matrix product to see the same kernels in both paths: CPU BLAS and
+oneDNN pick kernels by row count (on AVX-512 CPUs 8 and 16 rows already differ), which changes the
+last bits of a row whether or not anything is cached. So every micro-batch and minibatch here
+holds 8 samples, and features are compared with features of batches of the same size."""
 
 import copy
 
@@ -60,7 +61,7 @@ def test_evaluate_from_cached_rows_equals_evaluate_from_observations():
     actions = torch.from_numpy(segs[0].actions.reshape(n, *segs[0].actions.shape[2:]))
     feats = policy.frozen_features(obs)
     assert feats is not None and all(v.shape[0] == n for v in feats.values())
-    idx = np.random.default_rng(0).permutation(n)[:8]  # rows taken out of order, a subset
+    idx = np.random.default_rng(0).permutation(n)  # rows taken out of order (same row count)
     rows = {k: v[torch.from_numpy(idx)] for k, v in feats.items()}
     plain = policy.evaluate(take_obs(obs, idx), actions[idx])
     cached = policy.evaluate(take_obs(obs, idx), actions[idx], features=rows)
@@ -121,9 +122,11 @@ def test_features_shipped_with_the_segment_replace_the_trainers_frozen_pass(monk
     seg = segs[0]
     assert seg.features is not None and seg.features["tokens_map"].shape[:2] == (2, 8)
     # The shipped rows are the policy's own frozen features of the segment's observations.
-    mine = policy.frozen_features(seg.flat_obs())
-    for k, v in mine.items():
-        assert torch.equal(torch.from_numpy(seg.features[k].reshape(v.shape)), v), k
+    # Compared per decision: the rollout forward saw one decision's 8 envs at a time.
+    for t in range(2):
+        mine = policy.frozen_features({k: v[t] for k, v in seg.obs.items()})
+        for k, v in mine.items():
+            assert torch.equal(torch.from_numpy(seg.features[k][t]), v), k
     calls = _count_ground(monkeypatch)
     runs = {}
     for shipped in (False, True):
