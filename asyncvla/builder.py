@@ -52,12 +52,40 @@ def build_policy(cfg: Config, env: VectorEnv | None = None) -> Policy:
     finally:
         if env is None:
             probe.close()
+    if needs_cost_critic(cfg):
+        kwargs["cost_critic"] = True
     try:
         return make_policy(cfg.policy.name, **kwargs)
     except KeyError as e:
         raise ConfigError(f"policy.name: {e.args[0]}") from None
     except (TypeError, ValueError) as e:
+        if "cost_critic" in str(e):
+            raise ConfigError(
+                f"algo.name: {cfg.algo.name} needs a cost critic; policy {cfg.policy.name} has none"
+            ) from None
         raise ConfigError(f"policy.kwargs: {e}") from None
+
+
+def needs_cost_critic(cfg: Config) -> bool:
+    from asyncvla.algos import ALGOS
+
+    return bool(getattr(ALGOS.get(cfg.algo.name), "needs_cost_critic", False))
+
+
+def with_cost_critic(cfg: Config, policy: Policy) -> Policy:
+    """``policy`` itself, or (when the algorithm needs a cost critic the checkpoint lacks) the same
+    policy rebuilt with a fresh cost head and every other weight loaded from it."""
+    if not needs_cost_critic(cfg) or policy.init_kwargs().get("cost_critic"):
+        return policy
+    try:
+        out = make_policy(cfg.policy.name, **{**policy.init_kwargs(), "cost_critic": True})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"algo.name: {cfg.algo.name} needs a cost critic; policy {cfg.policy.name}: {e}") from None
+    missing, unexpected = out.load_state_dict(policy.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("cost_head.") for k in missing):
+        raise ConfigError(f"train.init: the checkpoint does not fit {cfg.policy.name} with a cost critic")
+    out.version = policy.version
+    return out
 
 
 def check_fits(policy: Policy, env: VectorEnv, where: str = "the checkpoint") -> None:
@@ -96,6 +124,7 @@ def evaluate(cfg: Config, policy: Policy, episodes: int) -> dict[str, float]:
         num_envs=cfg.eval.num_envs,
         seed_offset=cfg.eval.seed_offset,
         deterministic=cfg.eval.deterministic,
+        shield=cfg.safety.shield if cfg.safety.shield.enabled else None,
     )
 
 

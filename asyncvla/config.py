@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -77,6 +77,18 @@ class AlgoConfig(_Strict):
     """Truncation of the importance weight for ``off_policy: tis``."""
     group_size: int = Field(8, ge=2)
     """GRPO: envs per group sharing one init state (must divide env.num_envs)."""
+    cost_limit: float | None = Field(None, ge=0.0)
+    """PPO-Lagrangian: the mean episode cost (``info["cost"]`` summed over an episode) to stay at or below."""
+    lagrangian: Literal["dual", "pid"] = "dual"
+    """How the multiplier follows the constraint violation: dual ascent or PID (Stooke et al., 2020)."""
+    lagrangian_lr: float = Field(0.05, gt=0.0)
+    """Dual-ascent step per update and unit of violation (the integral gain of ``pid``)."""
+    lagrangian_kp: float = Field(0.0, ge=0.0)
+    """``pid``: proportional gain."""
+    lagrangian_kd: float = Field(0.0, ge=0.0)
+    """``pid``: derivative gain (on increases of the episode cost)."""
+    lagrange_init: float = Field(0.0, ge=0.0)
+    """The multiplier at the start."""
 
 
 class PretrainConfig(_Strict):
@@ -220,6 +232,87 @@ class RuntimeConfig(_Strict):
     """Ray cluster to join (``auto`` or HOST:PORT); None starts a local instance."""
 
 
+class ShieldConfig(_Strict):
+    """The action shield: every action an env worker sends to the simulator is projected onto the
+    safe set these limits define (``asyncvla.safety.shield``); off when no limit is set."""
+
+    workspace: list[float] | None = None
+    """Bounds of the end effector's commanded position, ``[lo_1, .., lo_d, hi_1, .., hi_d]`` over
+    the env's position coordinates (tabletop: ``[x_lo, y_lo, x_hi, y_hi]`` in table units 0..1;
+    LIBERO: x, y, z in metres)."""
+    max_delta: float | None = Field(None, gt=0.0)
+    """Largest change of each motion action dimension from one action to the next (action units)."""
+    close_max_speed: float | None = Field(None, ge=0.0)
+    """The gripper may close only while every motion action dimension is at most this (action units)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.workspace is not None or self.max_delta is not None or self.close_max_speed is not None
+
+
+class SafetyConfig(_Strict):
+    shield: ShieldConfig = Field(default_factory=ShieldConfig)
+
+
+ALERTS = (
+    "nan",
+    "success_collapse",
+    "return_collapse",
+    "kl_spike",
+    "entropy_collapse",
+    "staleness_pinned",
+    "latency_drift",
+    "heartbeat",
+)
+"""Every alert the training monitor raises (``asyncvla.safety.monitor``; README, *Safety*)."""
+
+
+class AlertThresholds(_Strict):
+    """When each alert fires (``monitor.thresholds``); ``nan`` has no threshold."""
+
+    success_collapse: float = Field(0.3, gt=0.0, le=1.0)
+    """The rolling training success falls this far below its best of the run."""
+    return_collapse: float = Field(0.5, gt=0.0, le=1.0)
+    """The rolling training return falls below (1 - this) x its best of the run."""
+    kl_spike: float = Field(0.3, gt=0.0)
+    """An update's ``approx_kl`` exceeds this."""
+    entropy_collapse: float = Field(2.0, gt=0.0)
+    """The mean entropy per action token falls this many nats below its value at the first update."""
+    staleness_pinned: int = Field(50, ge=1)
+    """This many consecutive updates train every sample at the staleness bound (``staleness_mean``
+    equal to ``runtime.max_staleness`` > 0): the rollout workers are throttled all the time."""
+    latency_drift: float = Field(3.0, gt=1.0)
+    """An env worker's time per env step grows this many times over its value at the start."""
+    heartbeat_s: float = Field(120.0, gt=0.0)
+    """An env worker has sent no progress report for this many seconds."""
+    warmup_updates: int = Field(10, ge=0)
+    """Updates before the collapse, entropy and drift alerts arm (their references settle)."""
+
+
+class MonitorConfig(_Strict):
+    """Live checks of every metric row and of the workers while training (``alerts.jsonl``)."""
+
+    enabled: bool = True
+    on_nan: Literal["rollback", "stop"] = "rollback"
+    """A non-finite loss, gradient or weight: ``rollback`` restores the last good checkpoint,
+    skips the batch (counted in ``skipped_batches``) and continues; ``stop`` ends the run."""
+    max_rollbacks: int = Field(3, ge=0)
+    """More rollbacks than this in one run stop it (the fault is not transient)."""
+    disable: list[str] = Field(default_factory=list)
+    """Alert names not to raise (see ``ALERTS``)."""
+    thresholds: AlertThresholds = Field(default_factory=AlertThresholds)
+    repeat_every: int = Field(25, ge=1)
+    """An alert that stays active is repeated on the console at most once per this many updates."""
+
+    @field_validator("disable")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        unknown = [a for a in names if a not in ALERTS]
+        if unknown:
+            raise ValueError(f"unknown alert {unknown[0]!r}; allowed: {', '.join(ALERTS)}")
+        return names
+
+
 DATA_SEED_STRIDE = 10_000
 """The demo and pretraining scenes of seed s start ``DATA_SEED_STRIDE * s`` after their
 ``seed_offset`` (the evaluation scenes are the same for every seed)."""
@@ -242,6 +335,8 @@ class Config(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     async_: AsyncSwitches = Field(default_factory=AsyncSwitches, alias="async")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
@@ -254,6 +349,8 @@ class Config(_Strict):
         except KeyError as e:
             raise ValueError(f"algo.name: {e.args[0]}") from None
         algo.check(self)
+        if self.algo.cost_limit is not None and not algo.needs_cost_critic:
+            raise ValueError(f"algo.cost_limit: {self.algo.name} ignores it; use algo.name=ppo_lagrangian")
         if self.algo.clip_low >= 1.0:
             raise ValueError("algo.clip_low: must be < 1")
         rt = self.runtime

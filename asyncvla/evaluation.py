@@ -8,7 +8,9 @@ import numpy as np
 
 from asyncvla.envs import make_env
 from asyncvla.envs.episodes import run_episodes
+from asyncvla.config import ShieldConfig
 from asyncvla.policies import Policy
+from asyncvla.safety.shield import ShieldedEnv, make_shield
 
 
 def evaluate_policy(
@@ -19,13 +21,17 @@ def evaluate_policy(
     num_envs: int = 50,
     seed_offset: int = 1_000_000,
     deterministic: bool = True,
+    shield: ShieldConfig | None = None,
 ) -> dict[str, float]:
     """Run ``episodes`` episodes; episode j starts from init state (and seed) ``seed_offset + j``.
 
     The result depends only on the weights and these arguments, so two evaluations of the same
-    checkpoint agree exactly (with ``deterministic=True``).
+    checkpoint agree exactly (with ``deterministic=True``). ``shield``: the action shield the
+    policy trained under applies here too (``shield_interventions``: changed chunks per episode).
     """
     env = make_env(env_name, num_envs=min(num_envs, episodes), **env_kwargs)
+    if shield is not None:
+        env = ShieldedEnv(env, make_shield(shield, env))
     was_training = policy.training
     policy.eval()
     try:

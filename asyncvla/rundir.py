@@ -108,6 +108,11 @@ class RunDir:
             if isinstance(v, (int, float)) and k not in ("update", "env_steps"):
                 self._tb.add_scalar(k, v, step)
 
+    @property
+    def tensorboard(self) -> Any:
+        """The run's TensorBoard ``SummaryWriter`` (None without TensorBoard)."""
+        return self._tb
+
     def read_metrics(self) -> list[dict[str, Any]]:
         path = self.path / "metrics.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -14,7 +14,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from asyncvla.builder import build_policy, check_fits, evaluate, probe_env, quick_eval
+from asyncvla.builder import build_policy, check_fits, evaluate, probe_env, quick_eval, with_cost_critic
 from asyncvla.config import DATA_SEED_STRIDE, Config, ConfigError, dump_config
 from asyncvla.policies import Policy, load_policy, save_policy
 from asyncvla.rundir import RunDir, atomic_write_text
@@ -22,7 +22,8 @@ from asyncvla.runtime.autoplace import resolve as resolve_auto
 from asyncvla.runtime.driver import run_schedule
 from asyncvla.runtime.launcher import load_weights
 from asyncvla.runtime.placement import use_deterministic
-from asyncvla.runtime.trainer import LOSS_COUNTERS
+from asyncvla.runtime.trainer import GUARD_COUNTERS, LOSS_COUNTERS
+from asyncvla.safety.monitor import AlertSink, Monitor
 from asyncvla.runtime.types import concat_obs
 from asyncvla.sft import behaviour_clone, collect_demos, pretrain_grounding
 from asyncvla.trust.audit import AuditError, AuditLog, verify_checkpoint
@@ -201,7 +202,7 @@ def train(
                 )
             if verify:
                 verify_checkpoint(source)
-            init_policy = load_policy(source)
+            init_policy = with_cost_critic(cfg, load_policy(source))
             check_fits(init_policy, probe, label)
         assets = probe.asset_files()
     finally:
@@ -249,6 +250,17 @@ def train(
         state.update(resumed)
         console.print(f"resuming from {ckpt} (update {state['update']}, env steps {state['env_steps']})")
 
+    monitor = Monitor(cfg.monitor, cfg.schedule()[1]) if cfg.monitor.enabled else None
+    monitor_state = run.path / "monitor.json"
+    if monitor is not None and resumed is not None and monitor_state.is_file():
+        monitor.load_state_dict(json.loads(monitor_state.read_text()))
+    sink = AlertSink(run.path / "alerts.jsonl", console, run.tensorboard)
+
+    def announce(alerts: list[Any]) -> None:
+        for a in alerts:
+            sink.emit(a)
+            audit.append("alert", **a.to_json())
+
     with _progress(console) as prog:
         task = prog.add_task(f"RL ({cfg.mode})", total=cfg.train.updates, completed=state["update"], info="")
         eval_policy = copy.deepcopy(policy)
@@ -270,6 +282,9 @@ def train(
             ckpt_dir = run.path / "checkpoints" / f"update_{row['update']:05d}"
             if row["update"] % cfg.train.checkpoint_every == 0 and ckpt_dir.is_dir():
                 audit.checkpoint(ckpt_dir, update=row["update"])
+            if monitor is not None:
+                announce(monitor.observe(row))
+                atomic_write_text(monitor_state, json.dumps(monitor.state_dict()))
             prog.update(
                 task,
                 completed=row["update"],
@@ -277,7 +292,12 @@ def train(
                 f" | staleness {row['staleness_mean']:.2f}",
             )
 
-        res = run_schedule(cfg, policy, run, state, ckpt, on_row, stop_after_s)
+        def on_health(health: dict[str, dict[str, float]]) -> None:
+            if monitor is not None:
+                announce(monitor.check_health(health, state["update"]))
+
+        res = run_schedule(cfg, policy, run, state, ckpt, on_row, stop_after_s, on_health)
+    sink.close()
     acc = res.accounting
 
     final = evaluate(cfg, policy, cfg.eval.episodes)
@@ -295,7 +315,9 @@ def train(
         "samples_quarantined": int(acc["state"].get("quarantined_samples", 0)),
         "samples_collected_untrained": acc["leftover_samples"] + acc["discarded_samples"],
         # supervision: what dead workers took with them, and how often workers were restarted
-        **{k: int(acc["state"].get(k, 0)) for k in LOSS_COUNTERS},
+        **{k: int(acc["state"].get(k, 0)) for k in (*LOSS_COUNTERS, *GUARD_COUNTERS)},
+        "shield_interventions": sum(e.get("shield_interventions", 0) for e in res.env_stats),
+        "alerts": {} if monitor is None else {k: v for k, v in monitor.counts.items() if v},
         "env_errors": sum(e.get("env_errors", 0) for e in res.env_stats),
         "rollout_batches": sum(r["batches"] for r in res.rollout_stats),
         "ray": res.ray,

@@ -1,13 +1,17 @@
 """The algorithm interface and its registry (``ALGOS``, like ``ENVS`` and ``POLICIES``).
 
-An algorithm tells the trainer four things, so the runtime never branches on its name:
+An algorithm tells the trainer these things, so the runtime never branches on its name:
 
 * ``advantages(segment, bootstrap)``: per-decision advantages and value targets [T, n]
   (NaN where a decision carries no learning signal; the trainer drops those);
 * ``needs_critic``: whether value estimates are used (bootstrap values, value loss);
 * ``episode_mode``: whether env managers run whole episode groups that share an init state
   (``group_size`` envs per group) instead of fixed-length segments;
-* ``loss(...)``: the minibatch loss from the policy's outputs and the stored sample columns.
+* ``loss(...)``: the minibatch loss from the policy's outputs and the stored sample columns;
+* optionally ``needs_cost_critic`` with ``cost_advantages(segment, cost_bootstrap)`` (the policy is
+  built with a cost head; samples gain ``cadv``, ``cret``, ``cvalues`` and, in ``loss``,
+  ``cost_values_new``), ``end_update(episode_costs)`` (per-update state such as a Lagrange
+  multiplier, returned as metrics) and ``state_dict`` / ``load_state_dict`` (checkpointed).
 
 Adding one is one file with a subclass plus ``@ALGOS.register("name")`` and one import line in
 ``asyncvla/algos/__init__.py`` (or no line at all: ``algo.name: package.module:Class``).
@@ -16,7 +20,7 @@ Adding one is one file with a subclass plus ``@ALGOS.register("name")`` and one 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import Tensor
@@ -33,6 +37,7 @@ class Algorithm(ABC):
 
     needs_critic: bool = True
     episode_mode: bool = False
+    needs_cost_critic: bool = False
 
     def __init__(self, cfg: AlgoConfig) -> None:
         self.cfg = cfg
@@ -61,6 +66,21 @@ class Algorithm(ABC):
         ``old_log_probs`` are PPO's ratio denominators after the off-policy correction; ``batch``
         holds the sample columns (``adv``, ``ret``, ``values`` of the behaviour policy, ...).
         """
+
+    def cost_advantages(self, seg: Segment, bootstrap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cost advantages and cost-value targets [T, n] (algorithms with ``needs_cost_critic``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no cost critic")
+
+    def end_update(self, episode_costs: list[float]) -> dict[str, float]:
+        """Called once per update with the costs of the episodes that finished in its batch."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state that lives across updates (saved with the trainer checkpoint)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """Restore ``state_dict`` output (a resumed run)."""
 
 
 ALGOS: Registry[type[Algorithm]] = Registry("algo")

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
 
 ObsBatch = dict[str, Any]
 
@@ -73,6 +75,29 @@ def reset_requests(
     return indices, per_env("seed", seed, True), per_env("init_state", options.get("init_state"), False)
 
 
+@dataclass(frozen=True)
+class ShieldModel:
+    """How an env's actions move its end effector, as far as the shield needs to know.
+
+    The commanded position after an action is ``p + a[position_action_dims] * step_scale``, with
+    ``p = state[position_state_dims]`` before the chunk and then the commanded positions of the
+    chunk's earlier actions. The gripper closes when ``a[gripper_action_dim] > gripper_close_above``
+    and opens otherwise (so the previous action says whether it is closed).
+    """
+
+    position_state_dims: tuple[int, ...]
+    position_action_dims: tuple[int, ...]
+    step_scale: tuple[float, ...]
+    """Position change per unit of action, per position coordinate."""
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+    reachable_low: tuple[float, ...]
+    """The positions the env can reach at all (a workspace must lie inside them)."""
+    reachable_high: tuple[float, ...]
+    gripper_action_dim: int | None = None
+    gripper_close_above: float = 0.0
+
+
 class VectorEnv(ABC):
     """A batch of ``num_envs`` envs of one task family, stepped with action chunks.
 
@@ -116,6 +141,10 @@ class VectorEnv(ABC):
     @property
     def num_init_states(self) -> int | None:
         """How many distinct init states ``options["init_state"]`` accepts (None: unbounded)."""
+        return None
+
+    def shield_model(self) -> ShieldModel | None:
+        """How actions move the end effector, for the action shield (None: the env cannot be shielded)."""
         return None
 
     def asset_files(self) -> dict[str, str]:

@@ -36,6 +36,8 @@ class ActOutput:
     features: dict[str, np.ndarray] | None = None
     """``frozen_features`` of the observations (rows as in ``actions``) when ``act`` was asked for
     them and the policy can return them from the forward it ran anyway; else None."""
+    cost_values: np.ndarray | None = None
+    """float32 [B], the cost critic's estimates (policies built with ``cost_critic=True``)."""
 
 
 @dataclass
@@ -46,6 +48,8 @@ class EvalOutput:
     """[B, K, A] per-token entropy."""
     values: torch.Tensor
     """[B] value estimates."""
+    cost_values: torch.Tensor | None = None
+    """[B] cost-value estimates (policies built with ``cost_critic=True``), else None."""
 
 
 class Policy(nn.Module, ABC):

@@ -132,6 +132,7 @@ class HFVLA(Policy):
         action_vocab_end: int | None = None,
         unnorm_key: str | None = None,
         value_hidden: int = 256,
+        cost_critic: bool = False,
         lora_rank: int = 0,
         lora_alpha: float | None = None,
         lora_target_modules: str | list[str] = "all-linear",
@@ -172,6 +173,7 @@ class HFVLA(Policy):
             "action_vocab_end": action_vocab_end,
             "unnorm_key": unnorm_key,
             "value_hidden": int(value_hidden),
+            "cost_critic": bool(cost_critic),
             "lora_rank": int(lora_rank),
             "lora_alpha": lora_alpha,
             "lora_target_modules": lora_target_modules,
@@ -224,6 +226,14 @@ class HFVLA(Policy):
         )
         nn.init.normal_(self.value_head[-1].weight, std=0.01 / math.sqrt(value_hidden))
         nn.init.zeros_(self.value_head[-1].bias)
+        self.cost_head: nn.Module | None = None
+        if cost_critic:  # constrained RL: a cost critic beside the value head
+            self.cost_head = nn.Sequential(
+                nn.Linear(hidden, value_hidden), nn.GELU(), nn.Linear(value_hidden, 1)
+            )
+            nn.init.normal_(self.cost_head[-1].weight, std=0.01 / math.sqrt(value_hidden))
+            nn.init.zeros_(self.cost_head[-1].bias)
+        self._cost_values: torch.Tensor | None = None
 
         if freeze_vision:
             vision = getattr(self._base(), "vision_tower", None)
@@ -429,7 +439,10 @@ class HFVLA(Policy):
         h = out.last_hidden_state[:, -self.n_queries :].float()  # [B, K*A, D]
         w = self._hf().get_output_embeddings().weight[self.bin_token_ids].float()  # [256, D]
         logits = (h @ w.T) / self.temperature
-        values = self.value_head(h.mean(dim=1)).squeeze(-1)
+        pooled = h.mean(dim=1)
+        values = self.value_head(pooled).squeeze(-1)
+        # The cost critic's output of the same forward, read by act / evaluate.
+        self._cost_values = None if self.cost_head is None else self.cost_head(pooled).squeeze(-1)
         return logits.view(b, self.chunk_size, self.action_dim, N_BINS), values
 
     # ------------------------------------------------------------------ bins
@@ -457,6 +470,7 @@ class HFVLA(Policy):
             log_probs=log_probs.cpu().numpy().astype(np.float32),
             values=values.float().cpu().numpy(),
             version=self.version,
+            cost_values=None if self._cost_values is None else self._cost_values.float().cpu().numpy(),
         )
 
     def evaluate(
@@ -474,7 +488,10 @@ class HFVLA(Policy):
             raise ValueError(f"actions must be {list(expected)}, got {list(actions.shape)}")
         dist = bins_distribution(logits)
         return EvalOutput(
-            log_probs=dist.log_prob(self.to_bins(actions)), entropy=dist.entropy(), values=values
+            log_probs=dist.log_prob(self.to_bins(actions)),
+            entropy=dist.entropy(),
+            values=values,
+            cost_values=self._cost_values,
         )
 
 

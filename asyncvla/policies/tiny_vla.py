@@ -164,6 +164,7 @@ class TinyVLA(Policy):
         ee_xy_dims: Sequence[int] | None = None,
         n_keypoints: int = 8,
         fusion_grid: int | None = None,
+        cost_critic: bool = False,
     ) -> None:
         super().__init__()
         image_keys = [image_keys] if isinstance(image_keys, str) else list(image_keys)
@@ -191,6 +192,7 @@ class TinyVLA(Policy):
             "ee_xy_dims": None if ee_xy_dims is None else [int(d) for d in ee_xy_dims],
             "n_keypoints": int(n_keypoints),
             "fusion_grid": None if fusion_grid is None else int(fusion_grid),
+            "cost_critic": bool(cost_critic),
         }
         if size is not None:
             width, depth, n_heads = (PRESETS[size][k] for k in ("width", "depth", "n_heads"))
@@ -279,6 +281,13 @@ class TinyVLA(Policy):
             self.head = TokenHead(act_feat, width, self.chunk_size, self.action_dim, n_bins, low, high)
         else:
             self.head = GaussianHead(act_feat, width, self.chunk_size, self.action_dim, init_log_std)
+        # The cost critic (``cost_critic``, for constrained RL) mirrors the value head; built last, so
+        # the other modules' initial weights do not depend on whether it exists.
+        self.cost_head: nn.Module | None = None
+        if cost_critic:
+            self.cost_head = nn.Sequential(nn.Linear(feat, width), nn.GELU(), nn.Linear(width, 1))
+            nn.init.normal_(self.cost_head[-1].weight, std=0.01 / math.sqrt(width))
+            nn.init.zeros_(self.cost_head[-1].bias)
         if freeze_encoder:
             # Like freezing a VLA's vision-language backbone: fine-tuning on a few demos otherwise
             # overwrites the grounding (README, "Training workflow").
@@ -485,6 +494,7 @@ class TinyVLA(Policy):
             values=values.float().cpu().numpy(),
             version=self.version,
             features=None if frozen is None else {k: v.cpu().numpy() for k, v in frozen.items()},
+            cost_values=None if self.cost_head is None else self.cost_head(feats).squeeze(-1).float().cpu().numpy(),
         )
 
     def evaluate(
@@ -503,7 +513,12 @@ class TinyVLA(Policy):
         if tuple(actions.shape) != expected:
             raise ValueError(f"actions must be {list(expected)}, got {list(actions.shape)}")
         log_probs, entropy = self.head.log_prob_entropy(self.head(feats[:, self.action_from :]), actions)
-        return EvalOutput(log_probs=log_probs, entropy=entropy, values=self.value_head(feats).squeeze(-1))
+        return EvalOutput(
+            log_probs=log_probs,
+            entropy=entropy,
+            values=self.value_head(feats).squeeze(-1),
+            cost_values=None if self.cost_head is None else self.cost_head(feats).squeeze(-1),
+        )
 
 
 def _jsonable(bound: float | Sequence[float]) -> float | list[float]:

@@ -68,6 +68,10 @@ class Coordinator:
         """ticket id -> what its segment held at the holder's last report"""
         self.managers: dict[str, dict[int, dict[str, int]]] = {}
         """holder -> manager -> its last report"""
+        self.last_report: dict[str, float] = {}
+        """holder -> time.monotonic() of its last report"""
+        self._seen: dict[str, tuple[float, int, float]] = {}
+        """holder -> (step seconds, env steps, step ms) at the last ``health`` call"""
 
     def ping(self) -> dict[str, Any]:
         return whereabouts("coordinator")
@@ -78,6 +82,7 @@ class Coordinator:
         return out
 
     def report(self, holder: str, progress: dict[int, dict[str, int]]) -> None:
+        self.last_report[holder] = time.monotonic()
         for m, p in progress.items():
             if p.get("ticket", -1) >= 0:
                 self.progress[p["ticket"]] = p
@@ -90,12 +95,29 @@ class Coordinator:
                 del tickets[tid]
                 self.progress.pop(tid, None)
 
+    def health(self) -> dict[str, dict[str, float]]:
+        """Per env worker: seconds since its last report and its mean simulator time per env step
+        (ms) since the previous call (the monitor's heartbeat and latency-drift checks)."""
+        now = time.monotonic()
+        out = {}
+        for holder, t in self.last_report.items():
+            ms = self.managers.get(holder, {}).values()
+            step_s = sum(p.get("step_s_total", 0.0) for p in ms)
+            steps = sum(p.get("env_steps_total", 0) for p in ms)
+            s0, n0, last_ms = self._seen.get(holder, (0.0, 0, float("nan")))
+            step_ms = 1000.0 * (step_s - s0) / (steps - n0) if steps > n0 else last_ms
+            self._seen[holder] = (step_s, steps, step_ms)
+            out[holder] = {"since_report_s": now - t, "step_ms": step_ms}
+        return out
+
     def in_flight(self, holder: str) -> int:
         """Episodes the holder's managers were running at their last report."""
         return sum(p.get("running", 0) for p in self.managers.get(holder, {}).values())
 
     def release(self, holder: str) -> tuple[list[Ticket], list[dict[str, int]], int]:
         """A holder died: its open tickets, what each segment held, and the env steps it collected."""
+        self.last_report.pop(holder, None)
+        self._seen.pop(holder, None)
         tickets = sorted(self.held.pop(holder, {}).values(), key=lambda t: t.ticket_id)
         counts = [self.progress.pop(t.ticket_id, {}) for t in tickets]
         return (

@@ -46,6 +46,7 @@ def run_schedule(
     optimizer_dir: Path | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     stop_after_s: float | None = None,
+    on_health: Callable[[dict[str, dict[str, float]]], None] | None = None,
 ) -> RunResult:
     """Train ``cfg.train.updates - state["update"]`` updates from ``policy``; ``state`` (update,
     env steps, wall time) is kept current row by row and ``policy`` holds the final weights.
@@ -53,7 +54,8 @@ def run_schedule(
     ``on_row`` sees each metric row first; the row's ``_weights`` (the published weights of an
     ``eval_every`` update) can be read with ``load_weights(other, {"weights": ray.get(ref[0]),
     ...})`` inside it. ``stop_after_s``: end the run early, after the update that is training
-    this many seconds into the schedule (``asyncvla soak``).
+    this many seconds into the schedule (``asyncvla soak``). ``on_health``: the env workers'
+    heartbeat and step latency every few seconds (``Coordinator.health``; the training monitor).
     """
     started = init_ray(cfg.runtime.address)
     runtime = None
@@ -74,7 +76,7 @@ def run_schedule(
         t0 = time.perf_counter()
         runtime = Runtime(cfg, policy, run.path if run is not None else None, state, optimizer_dir)
         t_ready = time.perf_counter()
-        final = runtime.run(cfg.train.updates - state["update"], rows, stop_after_s)
+        final = runtime.run(cfg.train.updates - state["update"], rows, stop_after_s, on_health)
         t_end = time.perf_counter()
         load_weights(policy, final)
         result = RunResult(

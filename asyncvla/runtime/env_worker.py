@@ -32,13 +32,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from asyncvla.algos import ALGOS
-from asyncvla.config import Config
+from asyncvla.config import Config, ShieldConfig
 from asyncvla.envs import ENVS, make_env
 from asyncvla.envs.base import ObsBatch
 from asyncvla.envs.episodes import EpisodeTracker
 from asyncvla.runtime.events import EventBuffer
 from asyncvla.runtime.gate import Ticket
 from asyncvla.runtime.types import ActionReply, ObsRequest, Segment, take_obs
+from asyncvla.safety.shield import make_shield
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,19 @@ def _stack_obs(steps: list[ObsBatch]) -> ObsBatch:
     return out
 
 
+@dataclass
+class _Merged:
+    """The replies of every shard of one request, in env order."""
+
+    actions: np.ndarray
+    log_probs: np.ndarray
+    values: np.ndarray
+    versions: np.ndarray
+    features: dict[str, np.ndarray] | None
+    cost_values: np.ndarray | None
+    shielded: np.ndarray | None
+
+
 class EnvManager:
     def __init__(
         self,
@@ -107,6 +121,7 @@ class EnvManager:
         generation: int = 0,
         max_env_errors: int = 20,
         error_window_s: float = 600.0,
+        shield: ShieldConfig | None = None,
     ) -> None:
         if not 1 <= num_shards <= num_envs:
             raise ValueError(f"num_shards must be in 1..{num_envs}; got {num_shards}")
@@ -115,6 +130,17 @@ class EnvManager:
         self._env_kwargs = manager_env_kwargs(env_name, env_kwargs, manager_id)
         self.env = make_env(env_name, num_envs=num_envs, **self._env_kwargs)
         self.n = num_envs
+        self.shield = None if shield is None else make_shield(shield, self.env)
+        act = self.env.single_action_space
+        self._act_low, self._act_high = act.low.astype(np.float32), act.high.astype(np.float32)
+        self._prev = np.zeros((num_envs, *act.shape), dtype=np.float32)
+        """Each env's last executed action (clipped to the action box); zeros after a reset."""
+        self.step_s_total = 0.0
+        """Seconds spent inside the simulator's ``step`` (the monitor's env-step latency)."""
+        self.shield_interventions = 0
+        """Decisions whose chunk the action shield changed (here or in the rollout worker)."""
+        self.shield_untrained = 0
+        """Of those, decisions changed only here (not trained: their log-probs are of another chunk)."""
         self.env_ids = np.arange(manager_id * num_envs, (manager_id + 1) * num_envs, dtype=np.int64)
         self.rollout_steps = rollout_steps
         self.episode_mode = episode_mode
@@ -167,6 +193,7 @@ class EnvManager:
             seeds, inits = self._draw(self.n)
         obs, _ = self.env.reset(seed=seeds, options={"init_state": inits})
         self._done[:] = False
+        self._prev[:] = 0.0
         return obs
 
     def _clear_buffer(self) -> None:
@@ -183,12 +210,14 @@ class EnvManager:
                 "versions",
                 "valid",
                 "features",
+                "cost_values",
             )
         }
         self._buf_env_steps = 0
+        self._buf_shielded = 0
         self._buf_quarantined = 0
         self._buf_decisions = 0
-        self._episodes: dict[str, list[float]] = {"return": [], "length": [], "success": []}
+        self._episodes: dict[str, list[float]] = {"return": [], "length": [], "success": [], "cost": []}
         self._ep_start[:] = 0
 
     # -- the state machine ------------------------------------------------------------------------
@@ -211,11 +240,18 @@ class EnvManager:
         self._pending = self._request_id
         self._replies = {}
         target = None if self.ticket is None else self.ticket.target_version
+        prev = self._prev.copy() if self.shield is not None else None
         if len(self.shards) == 1:
-            return [ObsRequest(self.manager_id, self._request_id, self.env_ids, self.obs, 0, target)]
+            return [ObsRequest(self.manager_id, self._request_id, self.env_ids, self.obs, 0, target, prev)]
         return [
             ObsRequest(
-                self.manager_id, self._request_id, self.env_ids[idx], take_obs(self.obs, idx), j, target
+                self.manager_id,
+                self._request_id,
+                self.env_ids[idx],
+                take_obs(self.obs, idx),
+                j,
+                target,
+                None if prev is None else prev[idx],
             )
             for j, idx in enumerate(self.shards)
         ]
@@ -247,7 +283,9 @@ class EnvManager:
             group_ids=None if self._group_ids is None else self._group_ids.copy(),
             episodes=self._episodes,
             features=_stack_features(b["features"]),
+            cost_values=None if any(c is None for c in b["cost_values"]) else np.stack(b["cost_values"]),
             quarantined=self._buf_quarantined,
+            shield_interventions=self._buf_shielded,
         )
         self._segment_id += 1
         self.segments_total += 1
@@ -274,21 +312,30 @@ class EnvManager:
         self._replies[reply.shard] = reply
         return len(self._replies) == len(self.shards)
 
-    def _merged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
-        if len(self.shards) == 1:
-            r = self._replies[0]
-            return r.actions, r.log_probs, r.values, np.full(self.n, r.version, dtype=np.int64), r.features
+    def _merged(self) -> _Merged:
         parts = [self._replies[j] for j in range(len(self.shards))]
-        versions = np.concatenate([np.full(len(r.env_ids), r.version, dtype=np.int64) for r in parts])
+
+        def cat(name: str) -> np.ndarray | None:
+            cols = [getattr(r, name) for r in parts]
+            if any(c is None for c in cols):
+                return None
+            return cols[0] if len(cols) == 1 else np.concatenate(cols)
+
         features = None
         if all(r.features is not None for r in parts):
-            features = {k: np.concatenate([r.features[k] for r in parts]) for k in parts[0].features}
-        return (
-            np.concatenate([r.actions for r in parts]),
-            np.concatenate([r.log_probs for r in parts]),
-            np.concatenate([r.values for r in parts]),
-            versions,
-            features,
+            features = (
+                parts[0].features
+                if len(parts) == 1
+                else {k: np.concatenate([r.features[k] for r in parts]) for k in parts[0].features}
+            )
+        return _Merged(
+            actions=cat("actions"),
+            log_probs=cat("log_probs"),
+            values=cat("values"),
+            versions=np.concatenate([np.full(len(r.env_ids), r.version, dtype=np.int64) for r in parts]),
+            features=features,
+            cost_values=cat("cost_values"),
+            shielded=cat("shielded"),
         )
 
     def apply(self, replies: ActionReply | list[ActionReply]) -> list[Segment]:
@@ -299,15 +346,30 @@ class EnvManager:
             raise RuntimeError(
                 f"manager {self.manager_id}: {len(self._replies)}/{len(self.shards)} shards answered"
             )
-        actions, log_probs, values, versions, features = self._merged()
+        merged = self._merged()
+        actions, log_probs, values, versions = merged.actions, merged.log_probs, merged.values, merged.versions
         self._pending = None
         self._replies = {}
         out: list[Segment] = []
 
         valid = ~self._done
+        untrained = np.zeros(self.n, dtype=bool)
+        shielded = np.zeros(self.n, dtype=bool) if merged.shielded is None else merged.shielded & valid
+        if self.shield is not None:
+            # The guarantee: nothing unsafe reaches the simulator. The rollout workers projected
+            # already (and scored the projected chunk); a chunk changed only here has log-probs of
+            # another action, so its decision is not trained.
+            safe, hit = self.shield.project(actions, self.obs["state"], self._prev)
+            changed = hit.any(axis=1) & valid
+            if changed.any():
+                actions = np.where(changed[:, None, None], safe, actions)
+                untrained = changed
+                shielded = shielded | changed
         rebuilt = False
+        t_step = time.perf_counter()
         try:
             obs, reward, term, trunc, info = self.env.step(actions)
+            self.step_s_total += time.perf_counter() - t_step
             failed = np.asarray(info.get("failed", np.zeros(self.n, dtype=bool)), dtype=bool)
         except Exception as e:
             # The simulator raised for the whole batch: every running episode is dropped and the
@@ -323,6 +385,12 @@ class EnvManager:
             self._env_error(RuntimeError(f"env(s) {self.env_ids[failed].tolist()} failed"), "step")
         steps = np.where(failed, 0, np.asarray(info["steps"]))
         cost = np.asarray(info["cost"])
+        if self.shield is not None:
+            self._note_executed(actions, steps)
+        n_shielded = int(shielded.sum())
+        self._buf_shielded += n_shielded
+        self.shield_interventions += n_shielded
+        self.shield_untrained += int(untrained.sum())
         # Quarantine: an env that returns a non-finite observation, reward or cost, or whose
         # simulator failed, ends its episode here; that step and the episode's earlier decisions
         # in this segment are never trained (counted), and the episode is not reported.
@@ -343,9 +411,10 @@ class EnvManager:
         b["dones"].append(done | ~valid)
         b["costs"].append(np.where(valid, cost, 0.0).astype(np.float32))
         b["versions"].append(versions)
-        b["valid"].append(valid & ~bad)
-        b["features"].append(features)
-        self._buf_decisions += int((valid & ~bad).sum())
+        b["valid"].append(valid & ~bad & ~untrained)
+        b["features"].append(merged.features)
+        b["cost_values"].append(merged.cost_values)
+        self._buf_decisions += int((valid & ~bad & ~untrained).sum())
         self._buf_env_steps += int(steps.sum())
         self.env_steps_total += int(steps.sum())
 
@@ -353,6 +422,7 @@ class EnvManager:
             self._episodes["return"].append(ep.ret)
             self._episodes["length"].append(ep.length)
             self._episodes["success"].append(ep.success)
+            self._episodes["cost"].append(ep.cost)
         self._tracker.drop(bad)
         self._ep_start[done] = self.segment_len
 
@@ -371,6 +441,13 @@ class EnvManager:
         if self.segment_len >= self.rollout_steps:
             out.append(self.close())
         return out
+
+    def _note_executed(self, actions: np.ndarray, steps: np.ndarray) -> None:
+        """Remember each env's last executed action of the chunk (the shield's context)."""
+        rows = np.flatnonzero(steps > 0)
+        if rows.size:
+            last = np.asarray(actions, dtype=np.float32)[rows, steps[rows] - 1]
+            self._prev[rows] = np.clip(last, self._act_low, self._act_high)
 
     # -- simulator failures -------------------------------------------------------------------------
     def _env_error(self, e: BaseException, where: str) -> None:
@@ -401,6 +478,7 @@ class EnvManager:
         seeds, inits = self._draw(len(idx))
         try:
             obs, _ = self.env.reset(seed=seeds, options={"init_state": inits, "env_indices": idx.tolist()})
+            self._prev[idx] = 0.0
             return obs
         except Exception as e:
             self._env_error(e, "reset")
@@ -454,6 +532,7 @@ class EnvManager:
             "episodes": len(self._episodes["success"]),
             "running": int((~self._done).sum()),
             "env_steps_total": self.env_steps_total,
+            "step_s_total": self.step_s_total,
         }
 
     def _quarantine(self, bad: np.ndarray, why: str = "a non-finite observation, reward or cost") -> None:
@@ -502,6 +581,7 @@ def build_managers(cfg: Config, spec: EnvWorkerSpec) -> dict[int, EnvManager]:
             generation=spec.generation,
             max_env_errors=cfg.runtime.max_env_errors,
             error_window_s=cfg.runtime.restart_window_s,
+            shield=cfg.safety.shield if cfg.safety.shield.enabled else None,
         )
         for m in spec.manager_ids
     }
@@ -620,6 +700,8 @@ class EnvWorker:
             "env_steps": sum(m.env_steps_total for m in ms),
             "samples": sum(m.samples_total for m in ms),
             "env_errors": sum(m.env_errors for m in ms),
+            "shield_interventions": sum(m.shield_interventions for m in ms),
+            "shield_untrained": sum(m.shield_untrained for m in ms),
             "shipped": list(self.shipped),
         }
 

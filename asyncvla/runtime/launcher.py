@@ -211,14 +211,20 @@ class Runtime:
         updates: int,
         on_rows: Callable[[list[dict[str, Any]]], None],
         stop_after_s: float | None = None,
+        on_health: Callable[[dict[str, dict[str, float]]], None] | None = None,
+        health_every_s: float = 5.0,
     ) -> dict[str, Any]:
+        """``on_health`` sees ``Coordinator.health`` every ``health_every_s`` seconds."""
         self.events.emit("run_start", mode=self.cfg.mode, max_staleness=self.eta)
         env_refs = self._env_refs = [w.run.remote() for w in self.env_workers]
         trainer_ref = self.trainer.run.remote(updates)
         result = None
-        last_progress = t_start = time.monotonic()
+        last_progress = t_start = last_health = time.monotonic()
         stopping = False
         while result is None:
+            if on_health is not None and time.monotonic() - last_health > health_every_s:
+                last_health = time.monotonic()
+                on_health(ray.get(self.coordinator.health.remote()))
             if stop_after_s is not None and not stopping and time.monotonic() - t_start > stop_after_s:
                 self.trainer.stop.remote()  # the trainer ends after its current update
                 stopping = True

@@ -75,9 +75,11 @@ class Samples:
         ret: np.ndarray,
         keep_mask: np.ndarray,
         with_features: bool = False,
+        cost: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Samples:
         """Flatten a segment's valid decisions with finite advantages (and ``keep_mask``);
-        ``with_features``: their rows of the segment's shipped features, if it has them."""
+        ``with_features``: their rows of the segment's shipped features, if it has them;
+        ``cost``: cost advantages and targets [T, n] (columns ``cadv``, ``cret``, ``cvalues``)."""
         keep = seg.valid.reshape(-1) & ~np.isnan(adv.reshape(-1)) & keep_mask.reshape(-1)
         idx = np.flatnonzero(keep)
         data = {
@@ -88,6 +90,10 @@ class Samples:
             "ret": ret.reshape(-1)[idx].astype(np.float32),
             "versions": seg.versions.reshape(-1)[idx],
         }
+        if cost is not None:
+            data["cadv"] = cost[0].reshape(-1)[idx].astype(np.float32)
+            data["cret"] = cost[1].reshape(-1)[idx].astype(np.float32)
+            data["cvalues"] = seg.cost_values.reshape(-1)[idx].astype(np.float32)
         feats = None
         if with_features and seg.features is not None:  # shipped by the rollout workers
             feats = {
@@ -170,13 +176,20 @@ class Learner:
     # -- samples -----------------------------------------------------------------------------------
     @torch.no_grad()
     def bootstrap_values(self, seg: Segment) -> np.ndarray:
+        return self._bootstrap(seg)[0]
+
+    @torch.no_grad()
+    def _bootstrap(self, seg: Segment) -> tuple[np.ndarray, np.ndarray | None]:
+        """V and (with a cost critic) V_c of the observations after the segment, 0 past an episode end."""
         if seg.bootstrap_value is not None:
-            return seg.bootstrap_value
+            return seg.bootstrap_value, np.zeros_like(seg.bootstrap_value)
         was = self.policy.training
         self.policy.eval()
-        v = self.policy.act(seg.bootstrap_obs, deterministic=True).values
+        out = self.policy.act(seg.bootstrap_obs, deterministic=True)
         self.policy.train(was)
-        return np.where(seg.dones[-1], 0.0, v).astype(np.float32)
+        v = np.where(seg.dones[-1], 0.0, out.values).astype(np.float32)
+        cv = None if out.cost_values is None else np.where(seg.dones[-1], 0.0, out.cost_values).astype(np.float32)
+        return v, cv
 
     def samples(self, seg: Segment, stats: dict[str, Any]) -> Samples:
         """Flatten a segment; refuse decisions beyond the staleness bound (counted, never trained)."""
@@ -191,10 +204,19 @@ class Learner:
             hist[int(g)] = hist.get(int(g), 0) + int(c)
         stats["env_steps"] = stats.get("env_steps", 0) + seg.env_steps
         stats["quarantined"] = stats.get("quarantined", 0) + seg.quarantined
-        for k in ("success", "return", "length"):
-            stats.setdefault("episodes_" + k, []).extend(seg.episodes[k])
-        adv, ret = self.method.advantages(seg, self.bootstrap_values(seg))
-        s = Samples.from_segment(seg, adv, ret, ok, with_features=self.cache_features)
+        stats["shielded"] = stats.get("shielded", 0) + seg.shield_interventions
+        for k in ("success", "return", "length", "cost"):
+            stats.setdefault("episodes_" + k, []).extend(seg.episodes.get(k, []))
+        boot, cost_boot = self._bootstrap(seg)
+        adv, ret = self.method.advantages(seg, boot)
+        cost = None
+        if self.method.needs_cost_critic:
+            if seg.cost_values is None or cost_boot is None:
+                raise RuntimeError(
+                    f"algo {self.algo.name} needs a cost critic; the policy has none (build it with cost_critic=True)"
+                )
+            cost = self.method.cost_advantages(seg, cost_boot)
+        s = Samples.from_segment(seg, adv, ret, ok, with_features=self.cache_features, cost=cost)
         if self.cache_features and s.size and s.feats is None:
             s.feats = self._frozen_features(s)
         return s
@@ -245,6 +267,8 @@ class Learner:
         else:
             prox = t["prox"]
         old, is_w = correction(algo.off_policy, behaviour, prox, algo.is_cap)
+        if out.cost_values is not None:
+            t["cost_values_new"] = out.cost_values
         loss, m = self.method.loss(out.log_probs, old, out.entropy, out.values, t, is_w)
         if is_w is not None:
             m["is_weight_mean"] = float(is_w.mean())
@@ -274,6 +298,7 @@ class Learner:
         lr = self.lr  # the rate this update used; the schedule moves on to the next one
         self.scheduler.step()
         metrics: dict[str, Any] = {k: sums[k] / counts[k] for k in sums}
+        metrics.update(self.method.end_update(stats.get("episodes_cost", [])))
         gaps = stats.get("gaps", {})
         total = sum(gaps.values())
         metrics.update(
@@ -281,12 +306,14 @@ class Learner:
             train_samples=float(size),
             rejected_samples=float(stats.get("rejected", 0)),
             quarantined_samples=float(stats.get("quarantined", 0)),
+            shield_interventions=int(stats.get("shielded", 0)),
             staleness_mean=sum(g * c for g, c in gaps.items()) / total if total else 0.0,
             staleness_max=float(max(gaps, default=0)),
             staleness_hist={str(g): c for g, c in sorted(gaps.items())},
             batch_env_steps=int(stats.get("env_steps", 0)),
             episodes_success=stats.get("episodes_success", []),
             episodes_return=stats.get("episodes_return", []),
+            episodes_cost=stats.get("episodes_cost", []),
         )
         return metrics
 
@@ -369,10 +396,40 @@ class Learner:
         tmp = directory / ".optimizer.safetensors.tmp"
         save_file(tensors, str(tmp))
         os.replace(tmp, directory / "optimizer.safetensors")
-        meta = {"param_groups": sd["param_groups"], "scheduler": self.scheduler.state_dict()}
+        meta = {
+            "param_groups": sd["param_groups"],
+            "scheduler": self.scheduler.state_dict(),
+            "algo": self.method.state_dict(),
+        }
         atomic_write_text(directory / "optimizer.json", json.dumps(meta))
 
-    def load_optimizer(self, directory: Path) -> None:
+    def restore(self, directory: Path | None, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Roll the weights and the optimizer's moments back to checkpoint ``directory`` (or, with
+        None, to ``weights`` and a fresh optimizer state). The learning-rate schedule, the
+        algorithm's state and the version number keep going: the run continues from here."""
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        if directory is not None:
+            self.policy.load_state_dict(load_file(str(directory / "model.safetensors")))
+            self._load_moments(directory)
+        else:
+            assert weights is not None
+            self.policy.load_state_dict(weights)
+            self.optimizer.state.clear()
+        for g, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            g["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        self._stream = None
+
+    def finite(self, metrics: dict[str, Any]) -> bool:
+        """Whether an update's losses, gradient norm and the trainable weights are all finite."""
+        for k in ("loss_policy", "loss_value", "loss_cost_value", "grad_norm"):
+            v = metrics.get(k)
+            if v is not None and not np.isfinite(v):
+                return False
+        with torch.no_grad():
+            return all(bool(torch.isfinite(p).all()) for p in self.policy.parameters() if p.requires_grad)
+
+    def _load_moments(self, directory: Path) -> dict[str, Any]:
         tensors = load_file(str(directory / "optimizer.safetensors"))
         state: dict[int, dict[str, Any]] = {}
         for key, t in tensors.items():
@@ -380,7 +437,12 @@ class Learner:
             state.setdefault(int(pid), {})[name] = t
         meta = json.loads((directory / "optimizer.json").read_text())
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        return meta
+
+    def load_optimizer(self, directory: Path) -> None:
+        meta = self._load_moments(directory)
         self.scheduler.load_state_dict(meta["scheduler"])
+        self.method.load_state_dict(meta.get("algo", {}))
 
 
 def _accumulate(sums: dict[str, float], counts: dict[str, int], m: dict[str, float]) -> None:

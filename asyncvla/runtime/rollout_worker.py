@@ -16,13 +16,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from asyncvla.config import Config
 from asyncvla.runtime.batching import DynamicBatcher, Waiting
 from asyncvla.runtime.events import EventBuffer
 from asyncvla.runtime.gate import admissible
-from asyncvla.runtime.types import ActionReply, ObsRequest, concat_obs
+from asyncvla.runtime.types import ActionReply, ObsRequest, concat_obs, take_obs
 from asyncvla.runtime.weights import PolicySpec
 
 
@@ -63,6 +64,16 @@ class RolloutWorker:
         )
         self.max_staleness = eta
         self.ship_features = cfg.train.cache_features and cfg.train.ship_features
+        self.shield = None
+        if cfg.safety.shield.enabled:
+            from asyncvla.builder import probe_env
+            from asyncvla.safety.shield import make_shield
+
+            probe = probe_env(cfg)
+            try:
+                self.shield = make_shield(cfg.safety.shield, probe)
+            finally:
+                probe.close()
         self.events = events or EventBuffer(f"rollout{spec.worker_id}", lambda evs: None)
         self.offer_pending: Offer | None = None
         self._throttled = False
@@ -165,6 +176,7 @@ class RolloutWorker:
         out = self.policy.act(
             obs, deterministic=deterministic, with_features=self.ship_features and not deterministic
         )
+        shielded = self._shield(out, obs, requests)
         replies, start = [], 0
         for r in requests:
             sl = slice(start, start + len(r.env_ids))
@@ -179,10 +191,35 @@ class RolloutWorker:
                     version=out.version,
                     shard=r.shard,
                     features=None if out.features is None else {k: v[sl] for k, v in out.features.items()},
+                    cost_values=None if out.cost_values is None else out.cost_values[sl],
+                    shielded=None if shielded is None else shielded[sl],
                 )
             )
             start += len(r.env_ids)
         return replies
+
+    def _shield(self, out: Any, obs: Any, requests: list[ObsRequest]) -> np.ndarray | None:
+        """Project the sampled chunks onto the shield's safe set, in place, and score the projected
+        chunks under the same weights: the segment then holds the executed action and its log-prob.
+        Returns which rows changed (None without a shield)."""
+        if self.shield is None:
+            return None
+        prev = np.concatenate(
+            [
+                r.prev_actions if r.prev_actions is not None else np.zeros((r.num_samples, out.actions.shape[2]), np.float32)
+                for r in requests
+            ]
+        )
+        safe, hit = self.shield.project(out.actions, obs["state"], prev)
+        rows = np.flatnonzero(hit.any(axis=1))
+        if rows.size:
+            with torch.no_grad():
+                lp = self.policy.evaluate(take_obs(obs, rows), torch.from_numpy(safe[rows])).log_probs
+            out.actions = out.actions.copy()
+            out.log_probs = out.log_probs.copy()
+            out.actions[rows] = safe[rows]
+            out.log_probs[rows] = lp.float().cpu().numpy()
+        return hit.any(axis=1)
 
     def stats(self) -> dict[str, Any]:
         return {

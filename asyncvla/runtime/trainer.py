@@ -72,6 +72,12 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
 
 LOSS_COUNTERS = ("lost_segments", "lost_samples", "lost_env_steps", "lost_episodes", "worker_restarts")
 """Cumulative supervision counters of the trainer's state (metric rows, checkpoints, summary)."""
+GUARD_COUNTERS = ("skipped_batches", "skipped_samples")
+"""Cumulative counts of batches (and their samples) whose update was non-finite and rolled back."""
+
+
+class NonFiniteError(RuntimeError):
+    """An update produced a non-finite loss, gradient or weight and the run may not roll back."""
 
 
 Publish = Callable[[int, dict[str, torch.Tensor]], Any]
@@ -120,8 +126,18 @@ class Trainer:
         self._void_ids: set[int] = set()
         self.discarded_samples = 0
         """Samples of segments that arrived after their ticket was given up (``void``): never trained."""
-        for k in LOSS_COUNTERS:
+        for k in (*LOSS_COUNTERS, *GUARD_COUNTERS):
             self.state.setdefault(k, 0)
+        mon = cfg.monitor
+        self.on_nan = mon.on_nan if mon.enabled else None
+        self.max_rollbacks = mon.max_rollbacks
+        self._last_checkpoint: Path | None = Path(spec.optimizer_dir) if spec.optimizer_dir else None
+        # Before the first checkpoint, a rollback returns to the weights the run started from.
+        self._initial = (
+            {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+            if self.on_nan == "rollback" and self._last_checkpoint is None
+            else None
+        )
         self._rows: list[dict[str, Any]] = []
         self._last_handle: Any = None
         self._lock = threading.Lock()
@@ -132,6 +148,7 @@ class Trainer:
         self.rejected_samples = 0
         self.recent_success: deque[float] = deque(maxlen=100)
         self.recent_return: deque[float] = deque(maxlen=100)
+        self.recent_cost: deque[float] = deque(maxlen=100)
         self.start()
 
     @property
@@ -219,6 +236,8 @@ class Trainer:
         segments = sorted(self._batch, key=lambda s: (s.manager_id, s.segment_id))
         t0 = time.time()
         metrics = self.learner.stream_finish() if self.streamer else self.learner.train(segments)
+        if self.on_nan is not None and not self.learner.finite(metrics):
+            self._recover(u, metrics)
         t1 = time.time()
         self._t_busy += t1 - t0
         # ``segments``: the batch in arrival order, the streamer's micro-batch order (``trust.replay``)
@@ -242,6 +261,24 @@ class Trainer:
         self._t_busy = 0.0
         self._batch, self._expected, self._in_batch = [], None, 0
 
+    def _recover(self, u: int, metrics: dict[str, Any]) -> None:
+        """Batch u made the weights non-finite: restore the last good checkpoint (or the starting
+        weights), skip the batch (counted) and let the schedule continue with version u + 1."""
+        st = self.state
+        where = f"update {u + 1}: a non-finite loss, gradient or weight"
+        if self.on_nan == "stop":
+            raise NonFiniteError(f"{where} (monitor.on_nan: stop)")
+        if st["skipped_batches"] >= self.max_rollbacks:
+            raise NonFiniteError(f"{where}, after {st['skipped_batches']} rollbacks (monitor.max_rollbacks)")
+        self.learner.restore(self._last_checkpoint, self._initial)
+        st["skipped_batches"] += 1
+        st["skipped_samples"] += int(metrics["train_samples"])
+        metrics["rolled_back_to"] = (
+            0 if self._last_checkpoint is None else int(self._last_checkpoint.name.removeprefix("update_"))
+        )
+        metrics["train_samples"] = 0.0
+        self.events.emit("rollback", version=u, to_update=metrics["rolled_back_to"])
+
     # -- metric rows and checkpoints -----------------------------------------------------------
     def _record(self, metrics: dict[str, Any], dt: float, busy: float, elapsed: float) -> None:
         st = self.state
@@ -253,6 +290,7 @@ class Trainer:
         st["wall_s"] = self.wall_s_start + elapsed
         self.recent_success.extend(metrics.pop("episodes_success"))
         self.recent_return.extend(metrics.pop("episodes_return"))
+        self.recent_cost.extend(metrics.pop("episodes_cost"))
         row = {
             "update": st["update"],
             "policy_version": self.version,
@@ -261,13 +299,14 @@ class Trainer:
             "wall_s": st["wall_s"],
             "success_rate": float(np.mean(self.recent_success)) if self.recent_success else 0.0,
             "episode_return": float(np.mean(self.recent_return)) if self.recent_return else 0.0,
+            "episode_cost": float(np.mean(self.recent_cost)) if self.recent_cost else 0.0,
             "episodes": len(self.recent_success),
             "time_update_s": dt,
             "time_train_s": busy,
             "trainer_busy_frac": busy / dt if dt > 0 else 0.0,
             "lr": metrics.pop("lr"),
             **metrics,
-            **{k: st[k] for k in LOSS_COUNTERS},
+            **{k: st[k] for k in (*LOSS_COUNTERS, *GUARD_COUNTERS)},
         }
         if self.eval_every and st["update"] % self.eval_every == 0:
             row["_weights"] = [self._last_handle]
@@ -293,6 +332,8 @@ class Trainer:
             self.learner.save_optimizer(d)
             atomic_write_text(d / "state.json", json.dumps(self.state, indent=2))
         atomic_write_text(self.run_path / "checkpoints" / "latest.json", json.dumps({"path": final.name}))
+        self._last_checkpoint = final
+        self._initial = None
         return final
 
     def finish(self) -> None:

@@ -26,6 +26,8 @@ class ObsRequest:
     target_version: int | None = None
     """The trainer version that trains this decision's segment; a rollout worker at version v
     serves it only if ``target_version <= v + max_staleness`` (None: no bound, e.g. evaluation)."""
+    prev_actions: np.ndarray | None = None
+    """float32 [n, A]: each env's last executed action (with the action shield: its context)."""
 
     @property
     def num_samples(self) -> int:
@@ -48,6 +50,11 @@ class ActionReply:
     shard: int = 0
     features: dict[str, np.ndarray] | None = None
     """The policy's ``frozen_features`` rows of the request's observations (``train.ship_features``)."""
+    cost_values: np.ndarray | None = None
+    """float32 [n]: the cost critic's estimates (policies with a cost critic)."""
+    shielded: np.ndarray | None = None
+    """bool [n]: the action shield changed the chunk (``actions`` and ``log_probs`` are then those
+    of the executed, projected chunk)."""
 
 
 @dataclass
@@ -94,8 +101,12 @@ class Segment:
     features: dict[str, np.ndarray] | None = None
     """Each array [T, n, ...]: the policy's ``frozen_features`` of ``obs``, as the rollout workers
     returned them (None unless every decision's reply carried them)."""
+    cost_values: np.ndarray | None = None
+    """float32 [T, n]: behaviour cost-value estimates (None unless the policy has a cost critic)."""
+    shield_interventions: int = 0
+    """Decisions whose chunk the action shield changed."""
     episodes: dict[str, list[float]] = field(
-        default_factory=lambda: {"return": [], "length": [], "success": []}
+        default_factory=lambda: {"return": [], "length": [], "success": [], "cost": []}
     )
     """Episodes that ended inside this segment."""
     quarantined: int = 0

@@ -23,6 +23,7 @@ from asyncvla.envs.tabletop import (
     tokenize,
     vocabulary,
 )
+from asyncvla.envs.tabletop.render import KEEP_OUT as KEEP_OUT_COLOUR
 from asyncvla.envs.tabletop.tasks import COLOUR_NAMES, SHAPES
 from asyncvla.envs.wrappers import LatencyEmulator
 
@@ -231,6 +232,65 @@ def test_cost_on_wrong_grasp_only() -> None:
         if term[0]:
             break
     assert term[0] and sum(costs) == 0.0
+
+
+KEEP_OUT = [0.4, 0.4, 0.6, 0.6]
+
+
+def test_keep_out_region_costs_one_per_step_inside_and_is_drawn() -> None:
+    env = _env("object", 1, keep_out=KEEP_OUT, wrong_grasp_cost=0.0)
+    obs, _ = env.reset(seed=0, options={"init_state": 5})
+    # Drawn: the region's centre pixel has the keep-out colour (no object or gripper starts there).
+    assert tuple(obs["image"][0, 32, 32]) == KEEP_OUT_COLOUR
+    assert _move_to(env, 0.5, 0.5, -1.0)["cost"][0] == 1.0  # the step that ends inside
+    inside = env.step(np.array([[0.0, 0.0, -1.0]] * 1, np.float32)[:, None].repeat(3, axis=1))[4]
+    assert inside["cost"][0] == 3.0 and inside["steps"][0] == 3  # one per executed action inside
+    inside_steps = 0
+    for _ in range(4):  # leaving to the right: a cost exactly for the steps that end inside
+        info = env.step(np.array([[0.5, 0.0, -1.0]], np.float32))[4]
+        x, y = env.describe(0)["gripper"]
+        assert info["cost"][0] == float(0.4 <= x <= 0.6 and 0.4 <= y <= 0.6)
+        inside_steps += int(info["cost"][0])
+    assert 0 < inside_steps < 4 and x > 0.6
+
+
+def test_keep_out_scenes_leave_the_region_free_and_default_scenes_unchanged() -> None:
+    plain = _env("object", 8)
+    none = _env("object", 8, keep_out=None)
+    a, _ = plain.reset(seed=1, options={"init_state": list(range(8))})
+    b, _ = none.reset(seed=1, options={"init_state": list(range(8))})
+    assert np.array_equal(a["image"], b["image"])
+    env = _env("object", 50, keep_out=KEEP_OUT, n_objects=(3, 3))
+    env.reset(seed=0, options={"init_state": list(range(50))})
+    for i in range(50):
+        d = env.describe(i)
+        for p in [d["gripper"], *(o["pos"] for o in d["objects"])]:
+            assert not (0.4 - 0.08 <= p[0] <= 0.6 + 0.08 and 0.4 - 0.08 <= p[1] <= 0.6 + 0.08), p
+
+
+def test_wrong_grasp_cost_is_configurable() -> None:
+    env = _env("object", 1, n_objects=(4, 4), wrong_grasp_cost=0.0)
+    env.reset(seed=0, options={"init_state": 2})
+    scene = env.describe(0)
+    wrong = next(i for i in range(4) if i not in scene["targets"])
+    _move_to(env, *scene["objects"][wrong]["pos"], -1.0)
+    info = env.step(np.array([[0.0, 0.0, 1.0]], np.float32))[4]
+    assert env.describe(0)["held"] == wrong and info["cost"][0] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("region", "match"),
+    [
+        ([0.4, 0.4, 1.2, 0.6], "must lie on the table"),
+        ([0.6, 0.4, 0.4, 0.6], "must lie on the table"),
+        ([0.0, 0.0, 0.3, 0.3], "overlaps top left corner"),
+        ([0.4, 0.05, 0.6, 0.2], "overlaps a basket position"),
+        ([0.4, 0.4, 0.6], r"must be \[x_lo, y_lo, x_hi, y_hi\]"),
+    ],
+)
+def test_keep_out_that_cannot_apply_is_refused(region, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        _env("object", 1, keep_out=region)
 
 
 def test_long_tasks_respect_order() -> None:

@@ -1,7 +1,8 @@
-"""A plug-in env for failure tests: the tabletop env that raises after a number of steps."""
+"""Plug-ins for failure tests: tabletop envs that raise, return non-finite values or stop paying, and a PPO whose loss blows up."""
 
 import numpy as np
 
+from asyncvla.algos.ppo import PPO
 from asyncvla.envs.tabletop.env import TabletopVecEnv
 
 
@@ -81,4 +82,48 @@ class FlakyEnv(TabletopVecEnv):
             failed = np.zeros(self.num_envs, dtype=bool)
             failed[self.fail_env[self.calls]] = True
             info = {**info, "failed": failed}
+        return obs, reward, term, trunc, info
+
+
+class NaNLossPPO(PPO):
+    """PPO whose loss is NaN in every minibatch of one update (the ``NAN_UPDATE``-th, 1-based):
+    what a numerical blow-up looks like to the trainer."""
+
+    NAN_UPDATE = 4
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.updates = 0
+
+    def loss(self, log_probs, old_log_probs, entropy, values, batch, is_weights):
+        loss, m = super().loss(log_probs, old_log_probs, entropy, values, batch, is_weights)
+        if self.updates + 1 == self.NAN_UPDATE:
+            loss = loss * float("nan")
+            m = {**m, "loss_policy": float("nan")}
+        return loss, m
+
+    def end_update(self, episode_costs):
+        self.updates += 1
+        return super().end_update(episode_costs)
+
+
+class CollapseEnv(TabletopVecEnv):
+    """The tabletop env whose task stops paying after ``collapse_after`` step calls: no reward, no
+    success, so every later episode times out (an injected reward collapse)."""
+
+    def __init__(self, num_envs: int = 1, collapse_after: int = 100, **kwargs):
+        super().__init__(num_envs=num_envs, **kwargs)
+        self.collapse_after = collapse_after
+        self.calls = 0
+
+    def step(self, actions):
+        self.calls += 1
+        obs, reward, term, trunc, info = super().step(actions)
+        if self.calls > self.collapse_after:
+            for slot in self._slots:  # a success is not reached: the episode runs to its time limit
+                slot.episode.stage = 0
+            trunc = trunc | term
+            term = np.zeros_like(term)
+            reward = np.zeros_like(reward)
+            info = {**info, "success": term.copy()}
         return obs, reward, term, trunc, info

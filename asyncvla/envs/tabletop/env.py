@@ -10,10 +10,12 @@ import numpy as np
 from gymnasium import spaces
 
 from asyncvla.envs import ENVS
-from asyncvla.envs.base import ObsBatch, VectorEnv, check_int, reset_requests
+from asyncvla.envs.base import ObsBatch, ShieldModel, VectorEnv, check_int, reset_requests
 from asyncvla.envs.tabletop.render import Perturb, View
 from asyncvla.envs.tabletop.sim import Episode
 from asyncvla.envs.tabletop.tasks import (
+    BASKET_CENTRES,
+    BASKET_HALF,
     COLOUR_NAMES,
     DEFAULT_MAX_STEPS,
     FAMILIES,
@@ -22,6 +24,7 @@ from asyncvla.envs.tabletop.tasks import (
     MIN_OBJECTS,
     SHAPES,
     SPLITS,
+    ZONES,
     SceneKey,
     make_scene,
     vocabulary,
@@ -32,6 +35,34 @@ ACTION_DIM = 3
 STATE_DIM = 6
 STATE_LAYOUT = ("gripper_x", "gripper_y", "closed", "holding", "subgoals_done_frac", "time_frac")
 GRASP_RADIUS = 0.07
+
+
+def check_keep_out(region: Any) -> tuple[float, float, float, float] | None:
+    """A ``keep_out`` region as a tuple, or a ValueError saying why it cannot apply."""
+    if region is None:
+        return None
+    if not isinstance(region, (list, tuple)) or len(region) != 4:
+        raise ValueError(f"keep_out must be [x_lo, y_lo, x_hi, y_hi], got {region!r}")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in region):
+        raise ValueError(f"keep_out must hold 4 numbers, got {region!r}")
+    x0, y0, x1, y1 = (float(v) for v in region)
+    if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+        raise ValueError(
+            f"keep_out {list(region)} must lie on the table: 0 <= x_lo < x_hi <= 1 and 0 <= y_lo < y_hi <= 1"
+        )
+    rect = (x0, y0, x1, y1)
+    blocked = [name for name, z in ZONES.items() if _overlap(rect, z)]
+    blocked += ["a basket position"] if any(
+        _overlap(rect, (cx - BASKET_HALF, cy - BASKET_HALF, cx + BASKET_HALF, cy + BASKET_HALF))
+        for cx, cy in BASKET_CENTRES
+    ) else []
+    if blocked:
+        raise ValueError(f"keep_out {list(region)} overlaps {blocked[0]}: tasks would have to enter it")
+    return rect
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 @dataclass
@@ -57,8 +88,10 @@ class TabletopVecEnv(VectorEnv):
     reserves target colour/shape combinations and instruction paraphrases never used in training.
 
     Reward: 1 on success (which terminates) plus ``reward_shaping`` times the change of a phase
-    potential (at most 0.5 over an episode). Cost: 1 per grasp of an object that is not the current
-    target. Envs never autoreset; an env that is already done executes nothing (``steps`` 0) and
+    potential (at most 0.5 over an episode). Cost: ``wrong_grasp_cost`` (1) per grasp of an object
+    that is not the current target, plus 1 per step the gripper ends inside the ``keep_out`` region
+    ``[x_lo, y_lo, x_hi, y_hi]`` (drawn dark on the table; no object, gripper start, basket or mat
+    lies in it, so a policy can always avoid it). Envs never autoreset; an env that is already done executes nothing (``steps`` 0) and
     reports ``terminated``/``truncated``/``success`` False, so each episode end is reported once.
     """
 
@@ -77,6 +110,8 @@ class TabletopVecEnv(VectorEnv):
         seed: int = 0,
         max_step: float = 0.1,
         grasp_radius: float = GRASP_RADIUS,
+        keep_out: list[float] | tuple[float, float, float, float] | None = None,
+        wrong_grasp_cost: float = 1.0,
     ) -> None:
         self.num_envs = check_int("num_envs", num_envs, 1)
         if family not in FAMILIES:
@@ -101,11 +136,14 @@ class TabletopVecEnv(VectorEnv):
         self.wrist_camera = bool(wrist_camera)
         numbers = {"reward_shaping": (reward_shaping, 0.0, 10.0), "max_step": (max_step, 1e-3, 0.5)}
         numbers["grasp_radius"] = (grasp_radius, 1e-3, 0.5)
+        numbers["wrong_grasp_cost"] = (wrong_grasp_cost, 0.0, 100.0)
         for name, (value, lo, hi) in numbers.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
                 raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")
         self.reward_shaping = float(reward_shaping)
         self.max_step, self.grasp_radius = float(max_step), float(grasp_radius)
+        self.wrong_grasp_cost = float(wrong_grasp_cost)
+        self.keep_out = check_keep_out(keep_out)
         self.perturb = Perturb.from_dict(perturb, self.image_size)
         seed = check_int("seed", seed, 0)
         self.latency = LatencyEmulator(latency, seed=seed)
@@ -141,11 +179,12 @@ class TabletopVecEnv(VectorEnv):
             self.perturb.extra_distractors,
             self.split == "heldout" or self.perturb.paraphrase,
             init_state,
+            self.keep_out,
         )
         scene = make_scene(key)
         self._init_states[i] = init_state
-        view = View(self.image_size, scene.basket, scene.colours, self.perturb)
-        return _Slot(Episode(scene), view, scene.colours, scene.shapes, scene.instruction, key.rng(4))
+        view = View(self.image_size, scene.basket, scene.colours, self.perturb, self.keep_out)
+        return _Slot(Episode(scene, self.wrong_grasp_cost), view, scene.colours, scene.shapes, scene.instruction, key.rng(4))
 
     def _render(self, i: int) -> None:
         slot = self._slots[i]
@@ -244,6 +283,21 @@ class TabletopVecEnv(VectorEnv):
         subgoals_done = np.array([slot.episode.stage for slot in self._slots], dtype=np.int32)
         info = {"success": terminated.copy(), "cost": cost, "steps": steps, "subgoals_done": subgoals_done}
         return self._obs(), reward, terminated, truncated, info
+
+    def shield_model(self) -> ShieldModel:
+        """State[0:2] is the gripper's (x, y); action (dx, dy) moves it by ``max_step`` per unit
+        (clamped to the table, [0, 1]^2); g > 0 closes the gripper."""
+        return ShieldModel(
+            position_state_dims=(0, 1),
+            position_action_dims=(0, 1),
+            step_scale=(self.max_step, self.max_step),
+            action_low=(-1.0, -1.0, -1.0),
+            action_high=(1.0, 1.0, 1.0),
+            reachable_low=(0.0, 0.0),
+            reachable_high=(1.0, 1.0),
+            gripper_action_dim=2,
+            gripper_close_above=0.0,
+        )
 
     def vocabulary(self) -> list[str]:
         """Words of all families and both splits, so one tokenizer serves every tabletop task."""

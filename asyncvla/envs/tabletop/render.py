@@ -22,6 +22,8 @@ FLOOR = (28, 28, 32)
 TABLE = (120, 108, 95)
 MAT = (152, 140, 124)
 BASKET = (70, 42, 20)
+KEEP_OUT = (45, 45, 60)
+"""Slate: darker than the table and mats, unlike every object colour and the gripper."""
 GRIPPER = (250, 250, 250)
 """White: no object colour is close to it, so the gripper is never confused with an object."""
 OBJECT_SIZE = 0.1
@@ -132,7 +134,14 @@ def _blit(img: np.ndarray, mask: np.ndarray, colour: np.ndarray, cx: int, cy: in
 class View:
     """How one episode looks: palette, sprites, pixel transform and static background."""
 
-    def __init__(self, image_size: int, basket: Rect, colours: list[int], perturb: Perturb) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        basket: Rect,
+        colours: list[int],
+        perturb: Perturb,
+        keep_out: Rect | None = None,
+    ) -> None:
         self.size = image_size
         self.basket = basket
         self.scale = perturb.zoom * image_size
@@ -158,6 +167,8 @@ class View:
         self._fill(bg, (0.0, 0.0, 1.0, 1.0), lit(TABLE))
         for zone in ZONES.values():
             self._fill(bg, zone, lit(MAT))
+        if keep_out is not None:
+            self._fill(bg, keep_out, lit(KEEP_OUT))
         t = max(1, round(self.scale / 64)) / self.scale
         x0, y0, x1, y1 = basket
         for edge in ((x0, y0, x1, y0 + t), (x0, y1 - t, x1, y1), (x0, y0, x0 + t, y1), (x1 - t, y0, x1, y1)):

@@ -22,9 +22,9 @@ class Episode:
     next to an object grasps the nearest one, opening releases the held object where it is.
     """
 
-    __slots__ = ("gx", "gy", "closed", "held", "pos", "subgoals", "stage", "t", "done")
+    __slots__ = ("gx", "gy", "closed", "held", "pos", "subgoals", "stage", "t", "done", "keep_out", "wrong_grasp_cost")
 
-    def __init__(self, scene: Scene) -> None:
+    def __init__(self, scene: Scene, wrong_grasp_cost: float = 1.0) -> None:
         self.gx, self.gy = scene.gripper
         self.closed = False
         self.held = -1
@@ -33,6 +33,8 @@ class Episode:
         self.stage = 0
         self.t = 0
         self.done = False
+        self.keep_out = scene.keep_out
+        self.wrong_grasp_cost = wrong_grasp_cost
 
     def clone(self) -> Episode:
         """A copy whose stepping leaves this episode untouched (for expert look-ahead)."""
@@ -47,7 +49,8 @@ class Episode:
         return self.stage >= len(self.subgoals)
 
     def advance(self, dx: float, dy: float, g: float, max_step: float, grasp_radius: float) -> float:
-        """Apply one clipped action; return its cost (1.0 when grasping an object that is not the target)."""
+        """Apply one clipped action; return its cost: ``wrong_grasp_cost`` when it grasps an object
+        that is not the target, plus 1.0 when the gripper ends inside the keep-out region."""
         gx = min(max(self.gx + dx * max_step, 0.0), 1.0)
         gy = min(max(self.gy + dy * max_step, 0.0), 1.0)
         self.gx, self.gy = gx, gy
@@ -67,7 +70,7 @@ class Episode:
                     best, best_d2 = i, d2
             self.held = best
             if best >= 0 and best != goal.target:
-                cost = 1.0
+                cost = self.wrong_grasp_cost
         elif not close and self.closed:
             released, self.held = held, -1
         self.closed = close
@@ -80,6 +83,9 @@ class Episode:
             complete = released == goal.target and r[0] <= tx <= r[2] and r[1] <= ty <= r[3]
         if complete:
             self.stage += 1
+        k = self.keep_out
+        if k is not None and k[0] <= gx <= k[2] and k[1] <= gy <= k[3]:
+            cost += 1.0
         return cost
 
     def potential(self) -> float:

@@ -53,6 +53,8 @@ RELATIONS: dict[str, tuple[int, int]] = {
     "above": (0, -1),
     "below": (0, 1),
 }
+KEEP_OUT_MARGIN = 0.08
+"""Object centres and gripper starts stay this far outside a keep-out region (an object's size)."""
 # Pairwise distance between object centres at reset: > 2 x grasp radius, so a grasp is unambiguous.
 MIN_OBJECT_DIST = 0.15
 SPATIAL_OFFSET = 0.18
@@ -121,6 +123,7 @@ class Scene:
     basket: Rect
     subgoals: list[Subgoal]
     instruction: str
+    keep_out: Rect | None = None
 
 
 def tokenize(text: str) -> list[str]:
@@ -149,21 +152,34 @@ def _inside(p: tuple[float, float] | list[float], rect: Rect, margin: float = 0.
     return rect[0] - margin <= p[0] <= rect[2] + margin and rect[1] - margin <= p[1] <= rect[3] + margin
 
 
-def _free(p: tuple[float, float], placed: list[list[float]], basket: Rect, min_dist: float) -> bool:
-    """Whether an object centre at ``p`` is on the table, off the mats and basket and clear of ``placed``."""
+def _free(
+    p: tuple[float, float],
+    placed: list[list[float]],
+    basket: Rect,
+    min_dist: float,
+    keep_out: Rect | None = None,
+) -> bool:
+    """Whether an object centre at ``p`` is on the table, off the mats, basket and keep-out region
+    and clear of ``placed``."""
     if not (0.08 <= p[0] <= 0.92 and 0.08 <= p[1] <= 0.92):
         return False
     if _inside(p, basket, 0.1) or any(_inside(p, z, 0.06) for z in ZONES.values()):
+        return False
+    if keep_out is not None and _inside(p, keep_out, KEEP_OUT_MARGIN):
         return False
     return all((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2 >= min_dist**2 for q in placed)
 
 
 def _sample_free(
-    rng: np.random.Generator, placed: list[list[float]], basket: Rect, min_dist: float = MIN_OBJECT_DIST
+    rng: np.random.Generator,
+    placed: list[list[float]],
+    basket: Rect,
+    min_dist: float = MIN_OBJECT_DIST,
+    keep_out: Rect | None = None,
 ) -> list[float]:
     for _ in range(1000):
         p = (float(rng.uniform(0.08, 0.92)), float(rng.uniform(0.08, 0.92)))
-        if _free(p, placed, basket, min_dist):
+        if _free(p, placed, basket, min_dist, keep_out):
             return [p[0], p[1]]
     raise RuntimeError("no free spot on the table; use fewer objects")
 
@@ -199,6 +215,8 @@ class SceneKey:
     extra_distractors: int
     heldout_phrases: bool
     init_state: int
+    keep_out: Rect | None = None
+    """A region no object, gripper start or basket lies in (the tasks never need to enter it)."""
 
     def rng(self, stream: int, init_state: int | None = None) -> np.random.Generator:
         k = self.init_state if init_state is None else init_state
@@ -233,7 +251,7 @@ def make_scene(key: SceneKey) -> Scene:
             j1, j2 = rng.uniform(-0.03, 0.03, size=2)
             tgt = [ref[0] + SPATIAL_OFFSET * d[0] + j1 * d[1], ref[1] + SPATIAL_OFFSET * d[1] + j1 * d[0]]
             twin = [ref[0] - SPATIAL_OFFSET * d[0] + j2 * d[1], ref[1] - SPATIAL_OFFSET * d[1] + j2 * d[0]]
-            if _free(ref, [], basket, 0) and _free(tgt, [], basket, 0) and _free(twin, [], basket, 0):
+            if all(_free(p, [], basket, 0, key.keep_out) for p in (ref, tgt, twin)):
                 break
         pos = [tgt, twin, [ref[0], ref[1]]]
         others = _distinct_combos(rng, count - 3, [target_combo, ref_combo], shape_ban=target_combo[1])
@@ -245,15 +263,15 @@ def make_scene(key: SceneKey) -> Scene:
         targets = [allowed[int(i)] for i in picks]
         combos = targets + _distinct_combos(rng, count - n_targets, targets)
     while len(pos) < count:
-        pos.append(_sample_free(rng, pos, basket))
-    gripper = _sample_free(rng, pos, basket, 0.12)
+        pos.append(_sample_free(rng, pos, basket, keep_out=key.keep_out))
+    gripper = _sample_free(rng, pos, basket, 0.12, key.keep_out)
 
     extra_rng = key.rng(1, layout_state)
     extra = _distinct_combos(
         extra_rng, key.extra_distractors, combos, shape_ban=combos[0][1] if ref_text else -1
     )
     for _ in extra:
-        pos.append(_sample_free(extra_rng, [*pos, gripper], basket))
+        pos.append(_sample_free(extra_rng, [*pos, gripper], basket, keep_out=key.keep_out))
     combos = combos + extra
 
     goal_rng = key.rng(2)
@@ -295,4 +313,5 @@ def make_scene(key: SceneKey) -> Scene:
         basket=basket,
         subgoals=subgoals,
         instruction=instruction,
+        keep_out=key.keep_out,
     )
