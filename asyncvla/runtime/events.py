@@ -32,6 +32,7 @@ KINDS = (
     "worker_start",  # an actor is up: its name, pid, host, Ray node and generation (restarts)
     "worker_failed",  # supervision saw an actor fail (cause) and restarts it or stops the run
     "env_error",  # an env manager handled a simulator exception (episodes dropped, envs reset)
+    "rollback",  # the trainer restored the last good checkpoint after a non-finite update
 )
 
 

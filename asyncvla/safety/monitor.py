@@ -5,285 +5,338 @@ Alerts and their defaults (``monitor.thresholds``):
 
 * ``nan`` — a non-finite loss, gradient norm, KL, entropy, success or return in a row; samples
   quarantined because an env returned a non-finite observation, reward or cost; or a batch the
-  trainer skipped and rolled back (``skipped_batches`` grew; ``monitor.on_nan``).
-* ``success_collapse`` — the rolling training success (last 100 episodes) is 0.3 below its best.
-* ``return_collapse`` — the rolling training return is below (1 - 0.5) x its best.
+  trainer skipped and rolled back (``skipped_batches`` grew; ``monitor.on_nan``). No threshold.
+* ``success_collapse`` — the rolling training success (last 100 episodes) is more than 0.3 below
+  its best of the run (the best counts once the window holds 50 episodes).
+* ``return_collapse`` — the rolling training return is below (1 - 0.5) x its best of the run
+  (only while that best is positive).
 * ``kl_spike`` — an update's ``approx_kl`` is above 0.3.
-* ``entropy_collapse`` — the mean entropy per action token is 2 nats below its first value.
-* ``staleness_pinned`` — 50 updates in a row trained every sample at the staleness bound.
-* ``latency_drift`` — an env worker's simulator time per env step is 3x its early median.
-* ``heartbeat`` — an env worker sent no progress report for 120 s.
+* ``entropy_collapse`` — the mean entropy per action token is more than 2 nats below its value
+  at the first update.
+* ``staleness_pinned`` — 50 updates in a row trained every sample at the staleness bound
+  (``staleness_mean`` = ``runtime.max_staleness`` > 0; never in sync mode): the rollout workers
+  are throttled all the time and the trainer is the bottleneck.
+* ``latency_drift`` — an env worker's time per env step is more than 3x its reference (the
+  median of its first 5 measurements after warm-up).
+* ``heartbeat`` — an env worker has sent no progress report for more than 120 s.
 
-The collapse, entropy and drift alerts arm after ``warmup_updates`` (10) updates. An alert that
-stays active is announced once, then at most every ``monitor.repeat_every`` updates; once its
-condition clears, a later occurrence is new. ``counts`` counts every occurrence.
+The collapse, entropy and drift alerts arm after ``warmup_updates`` (10) updates. Rows that lack
+a metric (a GRPO run has no ``approx_kl`` or value loss) skip its checks. ``monitor.disable``
+names alerts never to raise.
+
+An alert that fires becomes active (per worker for ``latency_drift`` and ``heartbeat``): it is
+announced once, then again (``repeat``, with ``count`` occurrences so far) at most once every
+``monitor.repeat_every`` updates while it stays active; once its condition clears, a later
+occurrence is new. ``Monitor.counts`` counts every occurrence, announced or not.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from asyncvla.config import MonitorConfig
+from asyncvla.config import ALERTS, MonitorConfig
 
 ROLLING_FULL = 50
-"""Episodes the rolling success/return window must hold before its best is recorded."""
+"""Episodes the rolling success/return window must hold before the collapse checks use it."""
 DRIFT_REFERENCE = 5
-"""Health samples after warm-up whose median is a worker's reference step time."""
+"""Step-time measurements after warm-up whose median is a worker's latency reference."""
+NAN_KEYS = ("loss_policy", "loss_value", "grad_norm", "approx_kl", "entropy", "success_rate", "episode_return")
+"""Row metrics that must be finite where present."""
+WORKER_ALERTS = ("latency_drift", "heartbeat")
+SEVERE = ("nan", "heartbeat")
+"""Printed red; the others yellow."""
 
 
 @dataclass(frozen=True)
 class Alert:
     name: str
+    """One of ``ALERTS``."""
     update: int
     message: str
+    """One line: the measured value, the threshold and the update."""
     value: float
+    """What was measured (``nan``: how many problems — non-finite metrics, quarantined samples
+    and newly skipped batches)."""
     threshold: float
+    """The limit it crossed (``nan``: 0)."""
     worker: str | None = None
+    """The env worker, for ``latency_drift`` and ``heartbeat``."""
+    count: int = 1
+    """Occurrences of this condition since it became active (1: new)."""
     repeat: bool = False
-    """The same condition was announced before and is still active."""
+    """Announced before and still active (``count`` > 1)."""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON (a non-finite ``value`` / ``threshold`` becomes ``None``)."""
+        d = asdict(self)
+        for k in ("value", "threshold"):
+            if not math.isfinite(d[k]):
+                d[k] = None
+        return d
 
 
-def _finite(v: Any) -> bool:
-    return v is None or (isinstance(v, (int, float)) and math.isfinite(v))
+def _num(v: Any) -> float | None:
+    """The metric as a float (NaN when it is not a number), or None when absent."""
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _finite(v: float | None) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+def _count(v: Any) -> int:
+    x = _num(v)
+    return int(x) if _finite(x) else 0  # type: ignore[arg-type]
 
 
 class Monitor:
+    """Checks metric rows (``observe``) and worker health (``check_health``); returns the alerts
+    to announce now. ``max_staleness``: the schedule's eta (``Config.schedule()[1]``; 0 in sync)."""
+
     def __init__(self, cfg: MonitorConfig, max_staleness: int) -> None:
         self.cfg = cfg
         self.th = cfg.thresholds
-        self.eta = max_staleness
-        self.counts: dict[str, int] = {}
-        self._active: dict[str, int] = {}
-        """key (alert or alert/worker) -> update it was last announced"""
+        self.eta = int(max_staleness)
+        self.disabled = frozenset(cfg.disable)
+        self.counts: dict[str, int] = {a: 0 for a in ALERTS}
+        self._active: dict[str, list[int]] = {}
+        """key (alert name, or name/worker) -> [update last announced, occurrences while active]"""
         self.best_success: float | None = None
         self.best_return: float | None = None
         self.entropy_ref: float | None = None
         self.pinned = 0
+        """Consecutive rows at the staleness bound."""
         self.skipped = 0
-        self.step_refs: dict[str, list[float]] = {}
-        self.rows = 0
+        """``skipped_batches`` of the previous row."""
+        self.step_samples: dict[str, list[float]] = {}
+        """worker -> its first step-time measurements after warm-up (up to ``DRIFT_REFERENCE``)."""
 
-    # -- de-duplication --------------------------------------------------------------------------
-    def _fire(self, out: list[Alert], key: str, alert: Alert) -> None:
-        if alert.name in self.cfg.disable:
+    # -- firing and de-duplication ---------------------------------------------------------------
+    def _check(
+        self,
+        out: list[Alert],
+        cond: bool,
+        name: str,
+        update: int,
+        message: str,
+        value: float,
+        threshold: float,
+        worker: str | None = None,
+    ) -> None:
+        """Record the condition; append the alert to ``out`` when it is to be announced now."""
+        key = name if worker is None else f"{name}/{worker}"
+        if not cond or name in self.disabled:
+            pass
             return
-        self.counts[alert.name] = self.counts.get(alert.name, 0) + 1
-        last = self._active.get(key)
-        if last is None:
-            self._active[key] = alert.update
-            out.append(alert)
-        elif alert.update - last >= self.cfg.repeat_every:
-            self._active[key] = alert.update
-            out.append(Alert(**{**alert.to_json(), "repeat": True}))
-
-    def _clear(self, key: str) -> None:
-        self._active.pop(key, None)
+        self.counts[name] = self.counts.get(name, 0) + 1
+        st = self._active.get(key)
+        if st is None:
+            self._active[key] = [update, 1]
+            out.append(Alert(name, update, message, float(value), float(threshold), worker))
+            return
+        st[1] += 1
+        # update < last: the run resumed from an earlier checkpoint; announce the active alert again
+        if update - st[0] >= self.cfg.repeat_every or update < st[0]:
+            st[0] = update
+            out.append(Alert(name, update, message, float(value), float(threshold), worker, st[1], True))
 
     # -- metric rows -----------------------------------------------------------------------------
     def observe(self, row: dict[str, Any]) -> list[Alert]:
-        """Check one metric row; the alerts to announce now."""
+        """Check one metric row (in order: nan, success and return collapse, KL, entropy,
+        staleness); the alerts to announce now."""
         out: list[Alert] = []
+        th = self.th
         u = int(row.get("update", 0))
-        self.rows += 1
-        armed = self.rows > self.th.warmup_updates
-        # nan
-        bad = [
-            k
-            for k in ("loss_policy", "loss_value", "grad_norm", "approx_kl", "entropy", "success_rate", "episode_return")
-            if not _finite(row.get(k))
-        ]
-        quarantined = int(row.get("quarantined_samples", 0) or 0)
-        skipped = int(row.get("skipped_batches", 0) or 0)
-        if bad or quarantined or skipped > self.skipped:
-            parts = [f"non-finite {', '.join(bad)}"] if bad else []
-            if quarantined:
-                parts.append(f"{quarantined} samples quarantined (non-finite observation, reward or cost)")
-            if skipped > self.skipped:
-                parts.append(f"batch skipped and weights rolled back to update {row.get('rolled_back_to', '?')}")
-            self._fire(out, "nan", Alert("nan", u, f"nan: {'; '.join(parts)} at update {u}", float(len(bad) + quarantined), 0.0))
-        else:
-            self._clear("nan")
-        self.skipped = max(self.skipped, skipped)
-        # success and return collapse
-        episodes = int(row.get("episodes", 0) or 0)
-        sr, ret = row.get("success_rate"), row.get("episode_return")
-        if episodes >= ROLLING_FULL and _finite(sr) and _finite(ret) and sr is not None and ret is not None:
-            if armed and self.best_success is not None and sr < self.best_success - self.th.success_collapse:
-                self._fire(
-                    out,
-                    "success_collapse",
-                    Alert(
-                        "success_collapse",
-                        u,
-                        f"success_collapse: training success {sr:.2f}, best {self.best_success:.2f} "
-                        f"(drop > {self.th.success_collapse:g}) at update {u}",
-                        float(sr),
-                        self.best_success - self.th.success_collapse,
-                    ),
-                )
-            else:
-                self._clear("success_collapse")
-            limit = None if not self.best_return or self.best_return <= 0 else (1 - self.th.return_collapse) * self.best_return
-            if armed and limit is not None and ret < limit:
-                self._fire(
-                    out,
-                    "return_collapse",
-                    Alert(
-                        "return_collapse",
-                        u,
-                        f"return_collapse: training return {ret:.3f} < {limit:.3f} "
-                        f"({1 - self.th.return_collapse:g} x best {self.best_return:.3f}) at update {u}",
-                        float(ret),
-                        limit,
-                    ),
-                )
-            else:
-                self._clear("return_collapse")
-            self.best_success = sr if self.best_success is None else max(self.best_success, sr)
-            self.best_return = ret if self.best_return is None else max(self.best_return, ret)
-        # KL spike
-        kl = row.get("approx_kl")
-        if kl is not None and _finite(kl) and kl > self.th.kl_spike:
-            self._fire(out, "kl_spike", Alert("kl_spike", u, f"kl_spike: approx_kl {kl:.3g} > {self.th.kl_spike:g} at update {u}", float(kl), self.th.kl_spike))
-        else:
-            self._clear("kl_spike")
-        # entropy collapse
-        ent = row.get("entropy")
-        if ent is not None and _finite(ent):
-            if self.entropy_ref is None:
-                self.entropy_ref = float(ent)
-            floor = self.entropy_ref - self.th.entropy_collapse
-            if armed and ent < floor:
-                self._fire(
-                    out,
-                    "entropy_collapse",
-                    Alert(
-                        "entropy_collapse",
-                        u,
-                        f"entropy_collapse: entropy {ent:.3f} < {floor:.3f} (first {self.entropy_ref:.3f} - "
-                        f"{self.th.entropy_collapse:g}) at update {u}",
-                        float(ent),
-                        floor,
-                    ),
-                )
-            else:
-                self._clear("entropy_collapse")
-        # staleness pinned at the bound
-        sm = row.get("staleness_mean")
-        if self.eta > 0 and sm is not None and _finite(sm) and sm >= self.eta - 1e-9:
-            self.pinned += 1
-        else:
-            self.pinned = 0
-        if self.pinned >= self.th.staleness_pinned:
-            self._fire(
-                out,
-                "staleness_pinned",
-                Alert(
-                    "staleness_pinned",
-                    u,
-                    f"staleness_pinned: {self.pinned} updates in a row trained every sample at the "
-                    f"staleness bound {self.eta} (rollouts throttled; the trainer is the bottleneck) at update {u}",
-                    float(self.pinned),
-                    float(self.th.staleness_pinned),
-                ),
+        armed = u > th.warmup_updates
+
+        # nan: non-finite metrics, quarantined env samples, a skipped batch (rollback)
+        bad = [k for k in NAN_KEYS if k in row and not _finite(_num(row[k]))]
+        quarantined = _count(row.get("quarantined_samples"))
+        skipped = _count(row.get("skipped_batches")) if "skipped_batches" in row else self.skipped
+        new_skips = max(0, skipped - self.skipped)
+        self.skipped = skipped  # a decrease (resumed from an earlier checkpoint) resets the baseline
+        parts = [f"non-finite {', '.join(bad)}"] if bad else []
+        if quarantined:
+            parts.append(f"{quarantined} samples quarantined (non-finite observation, reward or cost)")
+        if new_skips:
+            to = row.get("rolled_back_to")
+            parts.append(
+                f"{new_skips} batch(es) skipped, weights rolled back"
+                + (f" to update {to}" if to is not None else "")
+                + f" ({skipped} in the run)"
             )
-        else:
-            self._clear("staleness_pinned")
+        self._check(
+            out, bool(parts), "nan", u, f"nan: {'; '.join(parts)} at update {u}",
+            len(bad) + quarantined + new_skips, 0.0,
+        )
+
+        # success and return collapse, against the best of the run once the window is full-ish
+        full = _count(row.get("episodes")) >= ROLLING_FULL
+        sr, ret = _num(row.get("success_rate")), _num(row.get("episode_return"))
+        if full and _finite(sr):
+            assert sr is not None
+            best = self.best_success
+            floor = math.nan if best is None else best - th.success_collapse
+            self._check(
+                out, armed and best is not None and sr < floor, "success_collapse", u,
+                f"success_collapse: training success {sr:.2f} < {floor:.2f} "
+                f"(best {best if best is not None else math.nan:.2f} - {th.success_collapse:g}) at update {u}",
+                sr, floor,
+            )
+            self.best_success = sr if best is None else max(best, sr)
+        if full and _finite(ret):
+            assert ret is not None
+            best = self.best_return
+            floor = math.nan if best is None or best <= 0 else (1 - th.return_collapse) * best
+            self._check(
+                out, armed and _finite(floor) and ret < floor, "return_collapse", u,
+                f"return_collapse: training return {ret:.3g} < {floor:.3g} "
+                f"({1 - th.return_collapse:g} x best {best if best is not None else math.nan:.3g}) at update {u}",
+                ret, floor,
+            )
+            self.best_return = ret if best is None else max(best, ret)
+
+        # KL spike
+        kl = _num(row.get("approx_kl"))
+        if _finite(kl):
+            assert kl is not None
+            self._check(
+                out, kl > th.kl_spike, "kl_spike", u,
+                f"kl_spike: approx_kl {kl:.3g} > {th.kl_spike:g} at update {u}", kl, th.kl_spike,
+            )
+
+        # entropy collapse, against the first row's entropy
+        ent = _num(row.get("entropy"))
+        if _finite(ent):
+            assert ent is not None
+            if self.entropy_ref is None:
+                self.entropy_ref = ent
+            floor = self.entropy_ref - th.entropy_collapse
+            self._check(
+                out, armed and ent < floor, "entropy_collapse", u,
+                f"entropy_collapse: entropy {ent:.3g} < {floor:.3g} "
+                f"(first {self.entropy_ref:.3g} - {th.entropy_collapse:g}) at update {u}",
+                ent, floor,
+            )
+
+        # staleness pinned at the bound (async only)
+        sm = _num(row.get("staleness_mean"))
+        pinned_now = self.eta > 0 and _finite(sm) and sm >= self.eta - 1e-9  # type: ignore[operator]
+        self.pinned = self.pinned + 1 if pinned_now else 0
+        self._check(
+            out, self.pinned >= th.staleness_pinned, "staleness_pinned", u,
+            f"staleness_pinned: {self.pinned} updates in a row (>= {th.staleness_pinned}) trained every "
+            f"sample at the staleness bound {self.eta} (rollouts throttled) at update {u}",
+            self.pinned, th.staleness_pinned,
+        )
         return out
 
-    # -- worker health ----------------------------------------------------------------------------
+    # -- worker health ---------------------------------------------------------------------------
     def check_health(self, health: dict[str, dict[str, float]], update: int) -> list[Alert]:
-        """Check the env workers' heartbeat and step latency (``Coordinator.health``)."""
+        """Check the env workers' heartbeat and step latency (``Coordinator.health``:
+        ``{worker: {"since_report_s", "step_ms"}}``); the alerts to announce now. A worker's
+        latency reference is the median of its first ``DRIFT_REFERENCE`` finite, positive
+        ``step_ms`` after warm-up (``update`` > ``warmup_updates``)."""
         out: list[Alert] = []
-        armed = self.rows > self.th.warmup_updates
+        th = self.th
+        update = int(update)
         for worker, h in sorted(health.items()):
-            since = float(h.get("since_report_s", 0.0))
-            key = f"heartbeat/{worker}"
-            if since > self.th.heartbeat_s:
-                self._fire(
-                    out,
-                    key,
-                    Alert("heartbeat", update, f"heartbeat: {worker} silent for {since:.0f} s (> {self.th.heartbeat_s:g} s) at update {update}", since, self.th.heartbeat_s, worker),
+            since = _num(h.get("since_report_s"))
+            if since is not None and not math.isnan(since):
+                self._check(
+                    out, since > th.heartbeat_s, "heartbeat", update,
+                    f"heartbeat: {worker} sent no progress report for {since:.0f} s "
+                    f"(> {th.heartbeat_s:g} s) at update {update}",
+                    since, th.heartbeat_s, worker,
                 )
-            else:
-                self._clear(key)
-            ms = h.get("step_ms")
-            if ms is None or not math.isfinite(ms) or not armed:
+            ms = _num(h.get("step_ms"))
+            if not _finite(ms) or ms <= 0 or update <= th.warmup_updates:  # type: ignore[operator]
                 continue
-            refs = self.step_refs.setdefault(worker, [])
-            if len(refs) < DRIFT_REFERENCE:
-                refs.append(float(ms))
+            assert ms is not None
+            samples = self.step_samples.setdefault(worker, [])
+            if len(samples) < DRIFT_REFERENCE:
+                samples.append(ms)
                 continue
-            ref = sorted(refs)[len(refs) // 2]
-            key = f"latency_drift/{worker}"
-            if ref > 0 and ms > self.th.latency_drift * ref:
-                self._fire(
-                    out,
-                    key,
-                    Alert(
-                        "latency_drift",
-                        update,
-                        f"latency_drift: {worker} {ms:.3g} ms per env step, {ms / ref:.1f}x its early "
-                        f"{ref:.3g} ms (> {self.th.latency_drift:g}x) at update {update}",
-                        float(ms),
-                        self.th.latency_drift * ref,
-                        worker,
-                    ),
-                )
-            else:
-                self._clear(key)
+            ref = statistics.median(samples)
+            limit = th.latency_drift * ref
+            self._check(
+                out, ms > limit, "latency_drift", update,
+                f"latency_drift: {worker} {ms:.3g} ms per env step > {limit:.3g} ms "
+                f"({th.latency_drift:g}x its reference {ref:.3g} ms) at update {update}",
+                ms, limit, worker,
+            )
         return out
 
     # -- resume ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """References, counters and active alerts, as plain JSON."""
         return {
             "counts": dict(self.counts),
-            "active": dict(self._active),
+            "active": {k: list(v) for k, v in self._active.items()},
             "best_success": self.best_success,
             "best_return": self.best_return,
             "entropy_ref": self.entropy_ref,
             "pinned": self.pinned,
             "skipped": self.skipped,
-            "step_refs": {k: list(v) for k, v in self.step_refs.items()},
-            "rows": self.rows,
+            "step_samples": {k: list(v) for k, v in self.step_samples.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.counts = dict(state["counts"])
-        self._active = {k: int(v) for k, v in state["active"].items()}
-        self.best_success, self.best_return = state["best_success"], state["best_return"]
-        self.entropy_ref, self.pinned, self.skipped = state["entropy_ref"], int(state["pinned"]), int(state["skipped"])
-        self.step_refs = {k: list(v) for k, v in state["step_refs"].items()}
-        self.rows = int(state["rows"])
+        self.counts = {a: 0 for a in ALERTS} | {k: int(v) for k, v in state.get("counts", {}).items()}
+        self._active = {k: [int(v[0]), int(v[1])] for k, v in state.get("active", {}).items()}
+        self.best_success = state.get("best_success")
+        self.best_return = state.get("best_return")
+        self.entropy_ref = state.get("entropy_ref")
+        self.pinned = int(state.get("pinned", 0))
+        self.skipped = int(state.get("skipped", 0))
+        self.step_samples = {k: [float(x) for x in v] for k, v in state.get("step_samples", {}).items()}
 
 
 class AlertSink:
-    """Where announced alerts go: one console line each, a JSON line in ``alerts.jsonl`` (the
-    file exists, empty, from the start of a run: no lines means no alerts), TensorBoard."""
+    """Where announced alerts go: a JSON line each in ``alerts.jsonl`` (appended and flushed; the
+    file is created, empty, when the sink is: a run without alerts leaves it empty), one console
+    line each (``alert: ...``; red for ``nan`` and ``heartbeat``, yellow otherwise) and, given a
+    TensorBoard ``SummaryWriter``, ``alerts/<name>`` scalars and ``alerts`` text."""
 
     def __init__(self, path: str | Path, console: Any = None, tensorboard: Any = None) -> None:
         self.path = Path(path)
-        self._file = self.path.open("a")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: Any = self.path.open("a")
         self.console = console
         self.tb = tensorboard
 
     def emit(self, alert: Alert) -> None:
-        self._file.write(json.dumps(alert.to_json()) + "\n")
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(json.dumps(alert.to_json()) + "\n")
+            self._file.flush()
         if self.console is not None:
-            style = "red" if alert.name in ("nan", "heartbeat") else "yellow"
-            again = " (still active)" if alert.repeat else ""
-            self.console.print(f"alert: {alert.message}{again}", style=style, markup=False, highlight=False)
+            again = f" (still active, {alert.count} occurrences)" if alert.repeat else ""
+            self.console.print(
+                f"alert: {alert.message}{again}",
+                style="red" if alert.name in SEVERE else "yellow",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         if self.tb is not None:
             self.tb.add_scalar(f"alerts/{alert.name}", alert.value, alert.update)
             self.tb.add_text("alerts", alert.message, alert.update)
 
+    def emit_all(self, alerts: list[Alert]) -> None:
+        for a in alerts:
+            self.emit(a)
+
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -28,7 +28,7 @@ from asyncvla.rundir import atomic_write_text
 
 AUDIT_FILE = "audit.jsonl"
 SIGNATURE_FILE = "audit.sig.json"
-KINDS = ("run_start", "config", "checkpoint", "weights", "evaluation", "resume", "run_end")
+KINDS = ("run_start", "config", "checkpoint", "weights", "evaluation", "alert", "resume", "run_end")
 
 GENESIS = "0" * 64
 """The ``prev`` of the first record."""

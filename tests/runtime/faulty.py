@@ -108,8 +108,9 @@ class NaNLossPPO(PPO):
 
 
 class CollapseEnv(TabletopVecEnv):
-    """The tabletop env whose task stops paying after ``collapse_after`` step calls: no reward, no
-    success, so every later episode times out (an injected reward collapse)."""
+    """A task that pays at once and then stops paying: for the first ``collapse_after`` step calls
+    every running episode succeeds at its first chunk (reward 1); afterwards none succeeds, and
+    every episode runs to its time limit with no reward (an injected reward collapse)."""
 
     def __init__(self, num_envs: int = 1, collapse_after: int = 100, **kwargs):
         super().__init__(num_envs=num_envs, **kwargs)
@@ -118,12 +119,15 @@ class CollapseEnv(TabletopVecEnv):
 
     def step(self, actions):
         self.calls += 1
+        running = np.array([not slot.episode.done for slot in self._slots])
         obs, reward, term, trunc, info = super().step(actions)
-        if self.calls > self.collapse_after:
-            for slot in self._slots:  # a success is not reached: the episode runs to its time limit
-                slot.episode.stage = 0
+        if self.calls <= self.collapse_after:
+            for slot, r in zip(self._slots, running, strict=True):
+                slot.episode.done = slot.episode.done or bool(r)
+            term, trunc = running.copy(), np.zeros_like(trunc)
+            reward = running.astype(np.float32)
+        else:
             trunc = trunc | term
             term = np.zeros_like(term)
             reward = np.zeros_like(reward)
-            info = {**info, "success": term.copy()}
-        return obs, reward, term, trunc, info
+        return obs, reward, term, trunc, {**info, "success": term.copy()}
