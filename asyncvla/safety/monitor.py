@@ -45,7 +45,15 @@ ROLLING_FULL = 50
 """Episodes the rolling success/return window must hold before the collapse checks use it."""
 DRIFT_REFERENCE = 5
 """Step-time measurements after warm-up whose median is a worker's latency reference."""
-NAN_KEYS = ("loss_policy", "loss_value", "grad_norm", "approx_kl", "entropy", "success_rate", "episode_return")
+NAN_KEYS = (
+    "loss_policy",
+    "loss_value",
+    "grad_norm",
+    "approx_kl",
+    "entropy",
+    "success_rate",
+    "episode_return",
+)
 """Row metrics that must be finite where present."""
 WORKER_ALERTS = ("latency_drift", "heartbeat")
 SEVERE = ("nan", "heartbeat")
@@ -136,7 +144,7 @@ class Monitor:
         """Record the condition; append the alert to ``out`` when it is to be announced now."""
         key = name if worker is None else f"{name}/{worker}"
         if not cond or name in self.disabled:
-            pass
+            self._active.pop(key, None)
             return
         self.counts[name] = self.counts.get(name, 0) + 1
         st = self._active.get(key)
@@ -176,8 +184,13 @@ class Monitor:
                 + f" ({skipped} in the run)"
             )
         self._check(
-            out, bool(parts), "nan", u, f"nan: {'; '.join(parts)} at update {u}",
-            len(bad) + quarantined + new_skips, 0.0,
+            out,
+            bool(parts),
+            "nan",
+            u,
+            f"nan: {'; '.join(parts)} at update {u}",
+            len(bad) + quarantined + new_skips,
+            0.0,
         )
 
         # success and return collapse, against the best of the run once the window is full-ish
@@ -188,10 +201,14 @@ class Monitor:
             best = self.best_success
             floor = math.nan if best is None else best - th.success_collapse
             self._check(
-                out, armed and best is not None and sr < floor, "success_collapse", u,
+                out,
+                armed and best is not None and sr < floor,
+                "success_collapse",
+                u,
                 f"success_collapse: training success {sr:.2f} < {floor:.2f} "
                 f"(best {best if best is not None else math.nan:.2f} - {th.success_collapse:g}) at update {u}",
-                sr, floor,
+                sr,
+                floor,
             )
             self.best_success = sr if best is None else max(best, sr)
         if full and _finite(ret):
@@ -199,10 +216,14 @@ class Monitor:
             best = self.best_return
             floor = math.nan if best is None or best <= 0 else (1 - th.return_collapse) * best
             self._check(
-                out, armed and _finite(floor) and ret < floor, "return_collapse", u,
+                out,
+                armed and _finite(floor) and ret < floor,
+                "return_collapse",
+                u,
                 f"return_collapse: training return {ret:.3g} < {floor:.3g} "
                 f"({1 - th.return_collapse:g} x best {best if best is not None else math.nan:.3g}) at update {u}",
-                ret, floor,
+                ret,
+                floor,
             )
             self.best_return = ret if best is None else max(best, ret)
 
@@ -211,8 +232,13 @@ class Monitor:
         if _finite(kl):
             assert kl is not None
             self._check(
-                out, kl > th.kl_spike, "kl_spike", u,
-                f"kl_spike: approx_kl {kl:.3g} > {th.kl_spike:g} at update {u}", kl, th.kl_spike,
+                out,
+                kl > th.kl_spike,
+                "kl_spike",
+                u,
+                f"kl_spike: approx_kl {kl:.3g} > {th.kl_spike:g} at update {u}",
+                kl,
+                th.kl_spike,
             )
 
         # entropy collapse, against the first row's entropy
@@ -223,10 +249,14 @@ class Monitor:
                 self.entropy_ref = ent
             floor = self.entropy_ref - th.entropy_collapse
             self._check(
-                out, armed and ent < floor, "entropy_collapse", u,
+                out,
+                armed and ent < floor,
+                "entropy_collapse",
+                u,
                 f"entropy_collapse: entropy {ent:.3g} < {floor:.3g} "
                 f"(first {self.entropy_ref:.3g} - {th.entropy_collapse:g}) at update {u}",
-                ent, floor,
+                ent,
+                floor,
             )
 
         # staleness pinned at the bound (async only)
@@ -234,10 +264,14 @@ class Monitor:
         pinned_now = self.eta > 0 and _finite(sm) and sm >= self.eta - 1e-9  # type: ignore[operator]
         self.pinned = self.pinned + 1 if pinned_now else 0
         self._check(
-            out, self.pinned >= th.staleness_pinned, "staleness_pinned", u,
+            out,
+            self.pinned >= th.staleness_pinned,
+            "staleness_pinned",
+            u,
             f"staleness_pinned: {self.pinned} updates in a row (>= {th.staleness_pinned}) trained every "
             f"sample at the staleness bound {self.eta} (rollouts throttled) at update {u}",
-            self.pinned, th.staleness_pinned,
+            self.pinned,
+            th.staleness_pinned,
         )
         return out
 
@@ -254,10 +288,15 @@ class Monitor:
             since = _num(h.get("since_report_s"))
             if since is not None and not math.isnan(since):
                 self._check(
-                    out, since > th.heartbeat_s, "heartbeat", update,
+                    out,
+                    since > th.heartbeat_s,
+                    "heartbeat",
+                    update,
                     f"heartbeat: {worker} sent no progress report for {since:.0f} s "
                     f"(> {th.heartbeat_s:g} s) at update {update}",
-                    since, th.heartbeat_s, worker,
+                    since,
+                    th.heartbeat_s,
+                    worker,
                 )
             ms = _num(h.get("step_ms"))
             if not _finite(ms) or ms <= 0 or update <= th.warmup_updates:  # type: ignore[operator]
@@ -270,10 +309,15 @@ class Monitor:
             ref = statistics.median(samples)
             limit = th.latency_drift * ref
             self._check(
-                out, ms > limit, "latency_drift", update,
+                out,
+                ms > limit,
+                "latency_drift",
+                update,
                 f"latency_drift: {worker} {ms:.3g} ms per env step > {limit:.3g} ms "
                 f"({th.latency_drift:g}x its reference {ref:.3g} ms) at update {update}",
-                ms, limit, worker,
+                ms,
+                limit,
+                worker,
             )
         return out
 
@@ -293,7 +337,10 @@ class Monitor:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.counts = {a: 0 for a in ALERTS} | {k: int(v) for k, v in state.get("counts", {}).items()}
-        self._active = {k: [int(v[0]), int(v[1])] for k, v in state.get("active", {}).items()}
+        self._active = {
+            k: [int(v), 1] if isinstance(v, (int, float)) else [int(v[0]), int(v[1])]
+            for k, v in state.get("active", {}).items()
+        }
         self.best_success = state.get("best_success")
         self.best_return = state.get("best_return")
         self.entropy_ref = state.get("entropy_ref")

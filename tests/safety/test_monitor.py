@@ -112,7 +112,12 @@ def _collapse_run(mon, collapse_at=60, n=100, per_update=20, seed=1):
         window = (window + succ)[-100:]
         returns = (returns + [2.0 * s + 0.1 for s in succ])[-100:]
         row = next(_clean_rows(1))
-        row.update(update=u, success_rate=float(np.mean(window)), episode_return=float(np.mean(returns)), episodes=len(window))
+        row.update(
+            update=u,
+            success_rate=float(np.mean(window)),
+            episode_return=float(np.mean(returns)),
+            episodes=len(window),
+        )
         fired += [(u, a.name) for a in mon.observe(row)]
     return fired
 
@@ -143,7 +148,10 @@ def test_kl_entropy_and_staleness_pinned_after_exactly_threshold_rows():
     fired = [(u, a.name) for u, a in _feed(mon, rows)]
     assert fired == [(17, "staleness_pinned"), (31, "kl_spike"), (36, "entropy_collapse")]
     kl = next(a for _, a in _feed(_monitor(), rows[:31]) if a.name == "kl_spike")
-    assert kl.message == "kl_spike: approx_kl 0.9 > 0.3 at update 31" and (kl.value, kl.threshold) == (0.9, 0.3)
+    assert kl.message == "kl_spike: approx_kl 0.9 > 0.3 at update 31" and (kl.value, kl.threshold) == (
+        0.9,
+        0.3,
+    )
     # sync (eta = 0): staleness 0 is always "at the bound" and must never alert
     sync = _monitor("monitor.thresholds.staleness_pinned=5", eta=0)
     rows = list(_clean_rows(40))
@@ -155,7 +163,7 @@ def test_kl_entropy_and_staleness_pinned_after_exactly_threshold_rows():
 def test_a_negative_entropy_reference_works():
     mon = _monitor("monitor.thresholds.warmup_updates=0")
     rows = list(_clean_rows(5))
-    for r, e in zip(rows, [-1.0, -1.5, -2.9, -3.1, -3.5]):
+    for r, e in zip(rows, [-1.0, -1.5, -2.9, -3.1, -3.5], strict=True):
         r["entropy"] = e
     fired = _feed(mon, rows)
     assert [(u, a.name) for u, a in fired] == [(4, "entropy_collapse")] and fired[0][1].threshold == -3.0
@@ -173,7 +181,9 @@ def test_a_persistent_alert_is_repeated_every_repeat_every_updates_and_counted()
     again = next(_clean_rows(1))
     again.update(update=151, approx_kl=1.0)
     got = mon.observe(again)  # cleared at 101, so a new occurrence
-    assert [(a.name, a.repeat, a.count) for a in got] == [("kl_spike", False, 1)] and mon.counts["kl_spike"] == 101
+    assert [(a.name, a.repeat, a.count) for a in got] == [("kl_spike", False, 1)] and mon.counts[
+        "kl_spike"
+    ] == 101
 
 
 def test_disabled_alerts_do_not_fire_and_unknown_names_are_refused():
@@ -193,7 +203,9 @@ def test_heartbeat_and_latency_drift():
     mon = _monitor()
     for u in range(1, 11):  # warm-up: slow start-up steps are not the reference
         assert mon.check_health({"env0": {"since_report_s": 1.0, "step_ms": 5.0}}, u) == []
-    for u, ms in zip(range(11, 16), [0.5, 0.6, 0.4, 0.5, 9.0]):  # median 0.5
+    for u, ms in zip(
+        range(11, 16), [0.6, 0.5, 0.4, 0.5, 9.0], strict=True
+    ):  # median 0.5 (first 0.6, mean 2.2)
         assert mon.check_health({"env0": {"since_report_s": 1.0, "step_ms": ms}}, u) == []
     assert mon.check_health({"env0": {"since_report_s": 1.0, "step_ms": 1.5}}, 16) == []  # 3x: not above
     got = mon.check_health(
@@ -226,7 +238,9 @@ def test_state_dict_round_trip_continues_the_references():
     other.load_state_dict(state)
     assert other.state_dict() == mon.state_dict()
     # the best success/return and the entropy reference continue: a drop alerts at once
-    drop = dict(rows[40], success_rate=0.1, episode_return=0.2, entropy=rows[0]["entropy"] - 2.1, approx_kl=1.0)
+    drop = dict(
+        rows[40], success_rate=0.1, episode_return=0.2, entropy=rows[0]["entropy"] - 2.1, approx_kl=1.0
+    )
     got = {a.name: a for a in other.observe(drop)}
     assert set(got) == {"success_collapse", "return_collapse", "entropy_collapse"}  # kl: still active
     assert other.counts["kl_spike"] == 3
