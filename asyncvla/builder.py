@@ -13,8 +13,17 @@ from asyncvla.policies import Policy, make_policy
 
 
 def probe_env(cfg: Config) -> VectorEnv:
-    """One env, built only to read spaces and vocabulary; bad env kwargs fail here, at start."""
-    return probe(cfg.env.name, cfg.env.kwargs)
+    """One env, built only to read spaces and vocabulary; bad env kwargs and shield settings that
+    cannot apply to the env fail here, at start."""
+    env = probe(cfg.env.name, cfg.env.kwargs)
+    from asyncvla.safety.shield import ShieldError, make_shield
+
+    try:
+        make_shield(cfg.safety.shield, env)
+    except ShieldError as e:
+        env.close()
+        raise ConfigError(str(e)) from None
+    return env
 
 
 def probe(name: str, kwargs: dict[str, Any]) -> VectorEnv:

@@ -141,6 +141,33 @@ def compare(
         raise typer.Exit(code=1) from None
 
 
+@app.command("safe-compare")
+def safe_compare(
+    config: Path = typer.Argument(..., help="A constrained config (algo.name=ppo_lagrangian, algo.cost_limit)."),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides for both runs"),
+    seeds: str = typer.Option("11,22,33", "--seeds", help="Comma-separated seeds."),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (default runs/<name>-safety-<time>)."),
+) -> None:
+    """Constrained vs unconstrained RL on the same seeds and SFT starts: success and episode cost."""
+    seed_list = _seed_list(seeds)
+    from asyncvla.runtime.rayenv import prepare_ray_env
+
+    _interruptible()
+    prepare_ray_env(None)
+    from asyncvla.runtime.launcher import WorkerError
+    from asyncvla.safety.compare import compare_constraint
+
+    cfg = _config(config, overrides)
+    path = out or Path("runs") / f"{cfg.name}-safety-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        compare_constraint(cfg, path, seed_list, console)
+    except (ConfigError, FileExistsError, FileNotFoundError, CheckpointError) as e:
+        _fail(e)
+    except WorkerError as e:
+        print(f"error: a worker failed: {e}", file=sys.stderr)
+        raise typer.Exit(code=1) from None
+
+
 @app.command()
 def bench(
     workload: str = typer.Option(

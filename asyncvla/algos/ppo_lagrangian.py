@@ -5,11 +5,12 @@ The constrained problem  max_pi J_r(pi)  s.t.  J_c(pi) <= d  becomes  min_{lambd
 J_r - lambda (J_c - d). Per update, with reward advantages A_r (GAE on rewards and the value head)
 and cost advantages A_c (GAE on the env's per-step costs and the cost head)::
 
-    A      = (norm(A_r) - lambda * (A_c - mean(A_c))) / (1 + lambda)
+    A      = (norm(A_r) - lambda * norm(A_c)) / (1 + lambda)        (norm: per minibatch, zero mean, unit std)
     loss   = L_clip(A) + vf_coef * (L_v(V, R_r) + L_v(V_c, R_c)) - ent_coef * H
 
-(``L_clip``, ``L_v`` as in :func:`asyncvla.algos.ppo.ppo_loss`; dividing by 1 + lambda keeps the
-step size bounded when lambda grows). After the update the multiplier moves with the mean cost
+(``L_clip``, ``L_v`` as in :func:`asyncvla.algos.ppo.ppo_loss`; both advantages on one scale, so
+lambda = 1 weighs cost and reward equally, and dividing by 1 + lambda keeps the step size bounded
+when lambda grows). After the update the multiplier moves with the mean cost
 J_c of the episodes that finished in the batch (e = J_c - d)::
 
     dual:  lambda <- max(0, lambda + lagrangian_lr * e)
@@ -90,10 +91,9 @@ class PPOLagrangian(PPO):
         lam = self.multiplier
         adv = batch["adv"].float()
         cadv = batch["cadv"].float()
-        if adv.numel() > 1:
-            if c.normalize_advantages:
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            cadv = cadv - cadv.mean()
+        if c.normalize_advantages and adv.numel() > 1:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            cadv = (cadv - cadv.mean()) / (cadv.std() + 1e-8)
         combined = (adv - lam * cadv) / (1.0 + lam)
         loss, m = ppo_loss(
             log_probs,

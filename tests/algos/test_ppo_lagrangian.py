@@ -73,10 +73,11 @@ def test_loss_combines_advantages_and_adds_the_cost_value_loss():
     loss, m = algo.loss(lp, lp.detach(), torch.zeros(b, 1, 1), torch.zeros(b), batch, None)
     assert m["loss_cost_value"] == pytest.approx(0.5 * 4.0 / 4)  # 0.5 * mean((V_c - R_c)^2)
     loss.backward()
-    # d loss / d logp_i = -A_i / b at ratio 1 (no clipping active), A = (norm(A_r) - (A_c - 1)) / 2
-    adv = batch["adv"]
-    norm = (adv - adv.mean()) / (adv.std() + 1e-8)
-    combined = (norm - (batch["cadv"] - 1.0)) / 2.0
+    # d loss / d logp_i = -A_i / b at ratio 1 (no clipping active), A = (norm(A_r) - norm(A_c)) / 2
+    def norm(x):
+        return (x - x.mean()) / (x.std() + 1e-8)
+
+    combined = (norm(batch["adv"]) - norm(batch["cadv"])) / 2.0
     np.testing.assert_allclose(lp.grad.reshape(-1).numpy(), (-combined / b).numpy(), rtol=1e-5, atol=1e-6)
 
 
