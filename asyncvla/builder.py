@@ -137,11 +137,13 @@ def evaluate(cfg: Config, policy: Policy, episodes: int) -> dict[str, float]:
     )
 
 
-def quick_eval(cfg: Config, policy: Policy, update: int) -> float:
-    """The held-out success of a metric row (``eval.quick_episodes``), on its own seeded random
-    stream so that a replay of the run computes the same value."""
+def quick_eval(cfg: Config, policy: Policy, update: int) -> dict[str, float]:
+    """The held-out evaluation of a metric row (``eval.quick_episodes``): ``eval_success_rate``
+    and ``eval_episode_cost``, on its own seeded random stream so that a replay of the run
+    computes the same values."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed * 1000 + update)
-        return evaluate(cfg, policy, cfg.eval.quick_episodes)["success_rate"]
+        res = evaluate(cfg, policy, cfg.eval.quick_episodes)
+    return {"eval_success_rate": res["success_rate"], "eval_episode_cost": res["episode_cost"]}

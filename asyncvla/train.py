@@ -237,9 +237,14 @@ def train(
             policy = init_policy
         init_eval = evaluate(cfg, policy, cfg.eval.episodes)
         audit.append(
-            "evaluation", update=0, episodes=cfg.eval.episodes, success_rate=init_eval["success_rate"]
+            "evaluation",
+            update=0,
+            episodes=cfg.eval.episodes,
+            success_rate=init_eval["success_rate"],
+            episode_cost=init_eval["episode_cost"],
         )
         state["sft_success_rate"] = init_eval["success_rate"]
+        state["sft_episode_cost"] = init_eval["episode_cost"]
         state["sft_success_ci95"] = [init_eval["success_ci95_low"], init_eval["success_ci95_high"]]
         console.print(
             f"initial policy: held-out success {init_eval['success_rate']:.2f} "
@@ -269,7 +274,7 @@ def train(
             ref = row.get("_weights")
             if ref is not None:
                 load_weights(eval_policy, {"weights": ray.get(ref[0]), "version": row["policy_version"]})
-                row["eval_success_rate"] = quick_eval(cfg, eval_policy, row["update"])
+                row.update(quick_eval(cfg, eval_policy, row["update"]))
             if "weights_sha256" in row:
                 audit.append("weights", version=row["policy_version"], sha256=row["weights_sha256"])
             if ref is not None:
@@ -278,6 +283,7 @@ def train(
                     update=row["update"],
                     episodes=cfg.eval.quick_episodes,
                     success_rate=row["eval_success_rate"],
+                    episode_cost=row["eval_episode_cost"],
                 )
             ckpt_dir = run.path / "checkpoints" / f"update_{row['update']:05d}"
             if row["update"] % cfg.train.checkpoint_every == 0 and ckpt_dir.is_dir():
@@ -326,6 +332,7 @@ def train(
         "decisions_per_s": acc["state"].get("decisions", 0) / max(state["wall_s"], 1e-9),
         "sft_success_rate": state.get("sft_success_rate"),
         "sft_success_ci95": state.get("sft_success_ci95"),
+        "sft_episode_cost": state.get("sft_episode_cost"),
         "final_success_rate": final["success_rate"],
         "final_success_ci95": [final["success_ci95_low"], final["success_ci95_high"]],
         "final_episode_return": final["episode_return"],
@@ -347,6 +354,7 @@ def train(
         episodes=cfg.eval.episodes,
         success_rate=final["success_rate"],
         ci95=summary["final_success_ci95"],
+        episode_cost=final["episode_cost"],
     )
     from asyncvla.trust.modelcard import write_model_cards
     from asyncvla.trust.report import write_report

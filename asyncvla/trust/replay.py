@@ -430,7 +430,7 @@ def _replay(
                 if handle is not None:
                     threads.use("driver")
                     load_weights(eval_policy, {"weights": handle[0], "version": row["policy_version"]})
-                    row["eval_success_rate"] = quick_eval(cfg, eval_policy, row["update"])
+                    row.update(quick_eval(cfg, eval_policy, row["update"]))
                 diff = compare_rows(recorded[row["update"] - 1], row)
                 if diff is not None and divergence is None:
                     divergence = Divergence(row["update"], *diff)
