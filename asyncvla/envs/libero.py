@@ -30,7 +30,7 @@ import numpy as np
 from gymnasium import spaces
 
 from asyncvla.envs import ENVS
-from asyncvla.envs.base import ObsBatch, VectorEnv, check_int, reset_requests
+from asyncvla.envs.base import ObsBatch, ShieldModel, VectorEnv, check_int, reset_requests
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ ACTION_DIM = 7
 STATE_DIM = 8
 STATE_LAYOUT = ("eef_x", "eef_y", "eef_z", "eef_ax", "eef_ay", "eef_az", "gripper_q0", "gripper_q1")
 STATE_BOUND = 10.0
+OSC_POSITION_SCALE = 0.05
+"""Metres of end-effector target motion per unit of position action (robosuite OSC_POSE ``output_max``)."""
 """Box bound of every state entry: metres from the world origin, axis-angle norm <= 2 pi."""
 SUITE_MAX_STEPS = {
     "libero_spatial": 220,
@@ -400,6 +402,24 @@ class LiberoVecEnv(VectorEnv):
             "failed": failed,
         }
         return self._obs(), reward, terminated, truncated, info
+
+    def shield_model(self) -> ShieldModel:
+        """state[0:3] is the end effector's position (m); OSC_POSE moves its target by at most
+        0.05 m per unit of action per step (robosuite's ``osc_pose.json``, ``output_max``), and
+        action 6 > 0 closes the gripper. Reachable: a box around the Panda's reach over the table
+        (x, y within 1 m of the world origin, z 0.5..2 m); the commanded position is what the
+        shield bounds, the controller lags it slightly."""
+        return ShieldModel(
+            position_state_dims=(0, 1, 2),
+            position_action_dims=(0, 1, 2),
+            step_scale=(OSC_POSITION_SCALE,) * 3,
+            action_low=(-1.0,) * ACTION_DIM,
+            action_high=(1.0,) * ACTION_DIM,
+            reachable_low=(-1.0, -1.0, 0.5),
+            reachable_high=(1.0, 1.0, 2.0),
+            gripper_action_dim=6,
+            gripper_close_above=0.0,
+        )
 
     def vocabulary(self) -> list[str]:
         """Every word of the instructions of the suite's tasks (one tokenizer serves the whole suite)."""

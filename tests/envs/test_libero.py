@@ -40,6 +40,31 @@ def test_asset_files_name_each_task_bddl_init_states_and_the_manifest(env):
 
 
 @pytest.mark.slow
+def test_the_shield_model_bounds_the_end_effectors_motion_and_the_shield_holds_it(env):
+    from asyncvla.config import ShieldConfig
+    from asyncvla.safety.shield import ShieldedEnv, make_shield
+
+    model = env.shield_model()
+    assert model.position_state_dims == (0, 1, 2) and model.gripper_action_dim == 6
+    obs, _ = env.reset(options={"init_state": [3, 4]})
+    x0 = obs["state"][:, 0].copy()
+    chunk = np.zeros((2, 4, 7), dtype=np.float32)
+    chunk[:, :, 0] = 1.0  # full speed along +x for 4 steps
+    obs, *_ = env.step(chunk)
+    moved = obs["state"][:, 0] - x0
+    assert (moved > 0.005).all() and (moved <= 4 * model.step_scale[0] + 1e-3).all()  # commanded bound
+    # A workspace 2 cm beyond the gripper in +x: the shielded env stops it there.
+    x = obs["state"][:, 0]
+    lo = [float(x.min()) - 0.3, -1.0, 0.5]
+    hi = [float(x.max()) + 0.02, 1.0, 2.0]
+    shielded = ShieldedEnv(env, make_shield(ShieldConfig(workspace=[*lo, *hi]), env))
+    shielded._state = obs["state"]  # continue this episode under the shield
+    for _ in range(3):
+        obs, _, _, _, info = shielded.step(chunk)
+    assert (obs["state"][:, 0] <= hi[0] + 0.01).all() and info["shield_interventions"].sum() > 0
+
+
+@pytest.mark.slow
 def test_identical_resets_chunk_and_success(env):
     assert env.num_init_states == 50 and env.max_episode_steps == 220
     space = env.single_observation_space
