@@ -89,7 +89,9 @@ def with_cost_critic(cfg: Config, policy: Policy) -> Policy:
     try:
         out = make_policy(cfg.policy.name, **{**policy.init_kwargs(), "cost_critic": True})
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"algo.name: {cfg.algo.name} needs a cost critic; policy {cfg.policy.name}: {e}") from None
+        raise ConfigError(
+            f"algo.name: {cfg.algo.name} needs a cost critic; policy {cfg.policy.name}: {e}"
+        ) from None
     missing, unexpected = out.load_state_dict(policy.state_dict(), strict=False)
     if unexpected or any(not k.startswith("cost_head.") for k in missing):
         raise ConfigError(f"train.init: the checkpoint does not fit {cfg.policy.name} with a cost critic")

@@ -143,10 +143,14 @@ def compare(
 
 @app.command("safe-compare")
 def safe_compare(
-    config: Path = typer.Argument(..., help="A constrained config (algo.name=ppo_lagrangian, algo.cost_limit)."),
+    config: Path = typer.Argument(
+        ..., help="A constrained config (algo.name=ppo_lagrangian, algo.cost_limit)."
+    ),
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides for both runs"),
     seeds: str = typer.Option("11,22,33", "--seeds", help="Comma-separated seeds."),
-    out: Path | None = typer.Option(None, "--out", help="Output directory (default runs/<name>-safety-<time>)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output directory (default runs/<name>-safety-<time>)."
+    ),
 ) -> None:
     """Constrained vs unconstrained RL on the same seeds and SFT starts: success and episode cost."""
     seed_list = _seed_list(seeds)

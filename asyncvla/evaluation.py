@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from asyncvla.config import ShieldConfig
 from asyncvla.envs import make_env
 from asyncvla.envs.episodes import run_episodes
-from asyncvla.config import ShieldConfig
 from asyncvla.policies import Policy
 from asyncvla.safety.shield import ShieldedEnv, make_shield
 

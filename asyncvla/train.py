@@ -23,8 +23,8 @@ from asyncvla.runtime.driver import run_schedule
 from asyncvla.runtime.launcher import load_weights
 from asyncvla.runtime.placement import use_deterministic
 from asyncvla.runtime.trainer import GUARD_COUNTERS, LOSS_COUNTERS
-from asyncvla.safety.monitor import AlertSink, Monitor
 from asyncvla.runtime.types import concat_obs
+from asyncvla.safety.monitor import AlertSink, Monitor
 from asyncvla.sft import behaviour_clone, collect_demos, pretrain_grounding
 from asyncvla.trust.audit import AuditError, AuditLog, verify_checkpoint
 from asyncvla.trust.manifest import Manifest, array_digest, sha256_text

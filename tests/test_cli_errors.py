@@ -63,10 +63,19 @@ def _one_error_line(r, *expected):
         (["bench", "--workload", "no-such-profile"], ["no-such-profile"]),
         (["plan", "--profile", "no-such-profile"], ["no-such-profile"]),
         (["soak", "configs/quickstart.yaml", "algo.lr=fast"], ["algo.lr"]),
-        (["train", "configs/quickstart.yaml", "safety.shield.workspace=[0.5,0.5,1.5,0.9]"], ["safety.shield.workspace", "outside"]),
-        (["train", "configs/quickstart.yaml", "env.kwargs.keep_out=[0.4,0.4,1.4,0.6]"], ["env.kwargs", "keep_out"]),
+        (
+            ["train", "configs/quickstart.yaml", "safety.shield.workspace=[0.5,0.5,1.5,0.9]"],
+            ["safety.shield.workspace", "outside"],
+        ),
+        (
+            ["train", "configs/quickstart.yaml", "env.kwargs.keep_out=[0.4,0.4,1.4,0.6]"],
+            ["env.kwargs", "keep_out"],
+        ),
         (["train", "configs/quickstart.yaml", "monitor.disable=[nope]"], ["monitor.disable", "nope"]),
-        (["train", "configs/quickstart.yaml", "monitor.thresholds.kl_spike=-1"], ["monitor.thresholds.kl_spike"]),
+        (
+            ["train", "configs/quickstart.yaml", "monitor.thresholds.kl_spike=-1"],
+            ["monitor.thresholds.kl_spike"],
+        ),
         (["train", "configs/quickstart.yaml", "algo.name=ppo_lagrangian"], ["algo.cost_limit"]),
         (["safe-compare", "configs/quickstart.yaml"], ["algo.cost_limit", "constrained"]),
         (
@@ -77,7 +86,8 @@ def _one_error_line(r, *expected):
 )
 def test_every_command_refuses_a_bad_value_with_one_line(args, expected, tmp_path):
     r = CliRunner().invoke(
-        app, [*args, *(["--out", str(tmp_path / "o")] if args[0] in ("compare", "sft", "safe-compare") else [])]
+        app,
+        [*args, *(["--out", str(tmp_path / "o")] if args[0] in ("compare", "sft", "safe-compare") else [])],
     )
     _one_error_line(r, *expected)
     assert not (tmp_path / "o").exists()

@@ -38,7 +38,16 @@ if TYPE_CHECKING:
 
 
 def update_multiplier(
-    lam: float, integral: float, prev_cost: float | None, cost: float, limit: float, *, lr: float, kp: float, kd: float, pid: bool
+    lam: float,
+    integral: float,
+    prev_cost: float | None,
+    cost: float,
+    limit: float,
+    *,
+    lr: float,
+    kp: float,
+    kd: float,
+    pid: bool,
 ) -> tuple[float, float]:
     """One step of the multiplier: returns (lambda, integral) (see the module docstring)."""
     e = cost - limit

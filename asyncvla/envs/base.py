@@ -25,7 +25,6 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-
 ObsBatch = dict[str, Any]
 
 

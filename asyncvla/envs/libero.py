@@ -12,6 +12,11 @@ with shadows off and without multisampling unless ``antialias=True`` (robosuite'
 MSAA costs ~2.5x per frame on software OpenGL; LIBERO's scene lights cast no shadows already).
 ``reflections=False`` halves the frame cost again (LIBERO's scenes have ~700k mesh vertices and
 reflective surfaces; the frame cost hardly depends on the image size).
+
+Cost: ``info["cost"]`` counts the actions during which robot0's gripper touches a movable object
+that is not one of the task's objects of interest (``_contact_lookups``, ``_touching``). Shield
+model: ``LiberoVecEnv.shield_model`` (OSC_POSE's position scale, the reachable part of the work
+surface, ``_ARENAS``).
 """
 
 from __future__ import annotations
@@ -54,6 +59,50 @@ NOOP_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 """Settle steps after a reset: stand still with the gripper open while objects come to rest."""
 AGENTVIEW, WRIST = "agentview", "robot0_eye_in_hand"
 
+PANDA_REACH = 0.316 + 0.0825 + float(np.hypot(0.0825, 0.384)) + 0.088 + 0.1065 + 0.097
+"""An upper bound (1.083 m) on the distance from robot0's shoulder (link1's origin, 0.333 m above
+its base) to the end-effector site: the sum of the body offsets along the chain link2 .. link7,
+right_hand (robosuite 1.4 ``robots/panda/robot.xml``) and the gripper's ``eef`` body
+(``grippers/panda_gripper.xml``); the tests check it against the built model."""
+
+
+@dataclass(frozen=True)
+class _Arena:
+    """The work surface of a LIBERO scene and where robot0's shoulder stands (world frame, metres).
+
+    ``surface_low``/``surface_high``: the surface's (x, y) extent (``inf`` where the scene has no
+    edge); ``surface_z``: its top. From libero 0.1.1's problem classes (``envs/problems``: table
+    size and ``workspace_offset``, whose z is the top) and robots (``MountedPanda`` /
+    ``OnTheGroundPanda.base_xpos_offset``); the shoulders were read off the built models (the
+    tests check the tabletop one)."""
+
+    surface_low: tuple[float, float]
+    surface_high: tuple[float, float]
+    surface_z: float
+    shoulder: tuple[float, float, float]
+
+    def reachable(self) -> tuple[np.ndarray, np.ndarray]:
+        """The box of surface positions robot0 can reach, from the surface top up to the reach:
+        the surface's extent intersected with the shoulder's ``PANDA_REACH`` box."""
+        sh = np.asarray(self.shoulder)
+        lo = np.append(np.maximum(self.surface_low, sh[:2] - PANDA_REACH), self.surface_z)
+        hi = np.append(np.minimum(self.surface_high, sh[:2] + PANDA_REACH), sh[2] + PANDA_REACH)
+        return lo, hi
+
+
+_TABLE = _Arena((-0.5, -0.6), (0.5, 0.6), 0.90, (-0.66, 0.0, 1.245))  # table (1.0, 1.2) at (0, 0, 0.90)
+_ARENAS = {
+    "LIBERO_Tabletop_Manipulation": _TABLE,  # libero_spatial, libero_goal
+    "LIBERO_Kitchen_Tabletop_Manipulation": _TABLE,  # the same table and robot placement
+    # Table (1.0, 1.2) at (-0.2, 0, 0.867); the robot 0.25 m behind its edge.
+    "LIBERO_Study_Tabletop_Manipulation": _Arena((-0.7, -0.6), (0.3, 0.6), 0.867, (-0.75, 0.0, 1.245)),
+    # Table (0.70, 1.6) at (0, 0, 0.41); the robot on the ground, its base raised to 0.42.
+    "LIBERO_Living_Room_Tabletop_Manipulation": _Arena((-0.35, -0.8), (0.35, 0.8), 0.41, (-0.51, 0.0, 0.753)),
+    # libero_object: the floor plane (z = 0) in front of the robot's base at x = -0.6.
+    "LIBERO_Floor_Manipulation": _Arena((-0.6, -np.inf), (np.inf, np.inf), 0.0, (-0.6, 0.0, 0.333)),
+}
+"""Per BDDL problem (every problem of the five suites; not the unused coffee-table scene)."""
+
 
 def _select_gl() -> None:
     """``MUJOCO_GL=egl`` unless the user chose; osmesa when no EGL library exists (before mujoco import)."""
@@ -87,6 +136,70 @@ def _libero() -> Any:
     return benchmark, get_libero_path, OffScreenRenderEnv
 
 
+@lru_cache(maxsize=1)
+def _osc_position_scale() -> tuple[float, float, float]:
+    """Metres of end-effector goal offset per unit of position action: robosuite's action scale
+    ``|output_max - output_min| / |input_max - input_min|`` of the OSC_POSE controller config that
+    LIBERO loads (``load_controller_config(default_controller="OSC_POSE")``, i.e. robosuite's
+    ``controllers/config/osc_pose.json``: 0.05)."""
+    _libero()  # sets MUJOCO_GL before robosuite imports mujoco
+    from robosuite import load_controller_config
+
+    cfg = load_controller_config(default_controller="OSC_POSE")
+    out_max, out_min = (
+        np.broadcast_to(np.asarray(cfg[k], dtype=np.float64), (6,)) for k in ("output_max", "output_min")
+    )
+    in_max, in_min = (
+        np.broadcast_to(np.asarray(cfg[k], dtype=np.float64), (6,)) for k in ("input_max", "input_min")
+    )
+    if cfg["type"] != "OSC_POSE" or not cfg["control_delta"]:
+        raise ValueError(f"robosuite's OSC_POSE config is not a delta OSC_POSE controller: {cfg}")
+    if np.any(out_max[:3] + out_min[:3]) or np.any(in_max[:3] + in_min[:3]):
+        raise ValueError(f"robosuite's OSC_POSE position range is not symmetric: {cfg}")
+    scale = np.abs(out_max - out_min)[:3] / np.abs(in_max - in_min)[:3]
+    return tuple(float(x) for x in scale)  # type: ignore[return-value]
+
+
+def _subtree_geoms(model: Any, roots: Sequence[int]) -> np.ndarray:
+    """bool [ngeom]: the geoms of the bodies in the subtrees of ``roots`` (body ids)."""
+    inside = np.zeros(model.nbody, dtype=bool)
+    inside[list(roots)] = True
+    parent = np.asarray(model.body_parentid)
+    for b in range(1, model.nbody):  # MuJoCo orders bodies depth-first: parents come first
+        inside[b] |= inside[parent[b]]
+    return inside[np.asarray(model.geom_bodyid)]
+
+
+def _is_target(name: str, of_interest: Sequence[str]) -> bool:
+    """Whether object ``name`` is one of the task's objects of interest (or one of its regions is)."""
+    return any(e == name or e.startswith(name + "_") for e in of_interest)
+
+
+def _contact_lookups(inner: Any) -> tuple[np.ndarray, np.ndarray]:
+    """bool [ngeom] each: robot0's gripper geoms (hand, fingers, pads), and the geoms of the
+    task's movable objects (``objects_dict``, not ``fixtures_dict``: no table, wall, floor,
+    cabinet) that are not in the BDDL's ``obj_of_interest``. Recompute after every (hard) reset."""
+    model = inner.sim.model
+    grip = _subtree_geoms(model, [model.body_name2id(inner.robots[0].gripper.root_body)])
+    others = [
+        model.body_name2id(obj.root_body)
+        for name, obj in inner.objects_dict.items()
+        if not _is_target(name, inner.obj_of_interest)
+    ]
+    return grip, _subtree_geoms(model, others) & ~grip
+
+
+def _touching(data: Any, a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether any of the simulator's current contacts pairs a geom of ``a`` with one of ``b``
+    (bool lookups by geom id)."""
+    ncon = int(data.ncon)
+    if ncon == 0:
+        return False
+    con = data.contact
+    g1, g2 = np.asarray(con.geom1)[:ncon], np.asarray(con.geom2)[:ncon]
+    return bool(((a[g1] & b[g2]) | (a[g2] & b[g1])).any())
+
+
 def _load_init_states(path: str) -> np.ndarray:
     """A task's init states (float64 [50, D]) via torch's restricted unpickler, not plain pickle."""
     import torch
@@ -113,6 +226,8 @@ class _Task:
     bddl_file: str
     init_states: np.ndarray
     init_file: str
+    problem: str
+    """The BDDL's problem (scene) class, e.g. ``LIBERO_Tabletop_Manipulation``."""
 
 
 @lru_cache(maxsize=8)
@@ -128,12 +243,16 @@ def _load_task(suite: str, task_id: int) -> _Task:
     bench = _suite_tasks(suite)[1]
     task = bench.get_task(task_id)
     init_path = os.path.join(get_libero_path("init_states"), task.problem_folder, task.init_states_file)
+    from libero.libero.envs.bddl_utils import get_problem_info
+
+    bddl = bench.get_task_bddl_file_path(task_id)
     return _Task(
         task_id,
         task.language,
-        bench.get_task_bddl_file_path(task_id),
+        bddl,
         _load_init_states(init_path),
         init_path,
+        get_problem_info(bddl)["problem_name"],
     )
 
 
@@ -162,6 +281,11 @@ class _Slot:
         self.t = 0
         self.done = False
         self.init_state = 0
+        # Contact cost: bool lookups by geom id (set at every reset) and whether the action being
+        # executed has touched (set at its physics substeps).
+        self.grip_geoms: np.ndarray | None = None
+        self.other_geoms: np.ndarray | None = None
+        self.touched = False
 
 
 @ENVS.register("libero")

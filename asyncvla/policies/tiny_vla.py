@@ -494,7 +494,9 @@ class TinyVLA(Policy):
             values=values.float().cpu().numpy(),
             version=self.version,
             features=None if frozen is None else {k: v.cpu().numpy() for k, v in frozen.items()},
-            cost_values=None if self.cost_head is None else self.cost_head(feats).squeeze(-1).float().cpu().numpy(),
+            cost_values=None
+            if self.cost_head is None
+            else self.cost_head(feats).squeeze(-1).float().cpu().numpy(),
         )
 
     def evaluate(

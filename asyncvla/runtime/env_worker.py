@@ -347,7 +347,12 @@ class EnvManager:
                 f"manager {self.manager_id}: {len(self._replies)}/{len(self.shards)} shards answered"
             )
         merged = self._merged()
-        actions, log_probs, values, versions = merged.actions, merged.log_probs, merged.values, merged.versions
+        actions, log_probs, values, versions = (
+            merged.actions,
+            merged.log_probs,
+            merged.values,
+            merged.versions,
+        )
         self._pending = None
         self._replies = {}
         out: list[Segment] = []

@@ -188,7 +188,11 @@ class Learner:
         out = self.policy.act(seg.bootstrap_obs, deterministic=True)
         self.policy.train(was)
         v = np.where(seg.dones[-1], 0.0, out.values).astype(np.float32)
-        cv = None if out.cost_values is None else np.where(seg.dones[-1], 0.0, out.cost_values).astype(np.float32)
+        cv = (
+            None
+            if out.cost_values is None
+            else np.where(seg.dones[-1], 0.0, out.cost_values).astype(np.float32)
+        )
         return v, cv
 
     def samples(self, seg: Segment, stats: dict[str, Any]) -> Samples:

@@ -206,7 +206,9 @@ class RolloutWorker:
             return None
         prev = np.concatenate(
             [
-                r.prev_actions if r.prev_actions is not None else np.zeros((r.num_samples, out.actions.shape[2]), np.float32)
+                r.prev_actions
+                if r.prev_actions is not None
+                else np.zeros((r.num_samples, out.actions.shape[2]), np.float32)
                 for r in requests
             ]
         )

@@ -23,14 +23,20 @@ KEYS = ("final_success_rate", "final_episode_cost", "sft_success_rate", "eval_ep
 
 def _stats(values: list[float]) -> dict[str, Any]:
     v = np.asarray(values, np.float64)
-    return {"per_seed": v.tolist(), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+    return {
+        "per_seed": v.tolist(),
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+    }
 
 
 def compare_constraint(cfg: Config, out: Path, seeds: list[int], console: Any) -> dict[str, Any]:
     from asyncvla.train import train
 
     if cfg.algo.cost_limit is None:
-        raise ConfigError("algo.cost_limit: safe-compare needs a constrained config (algo.name=ppo_lagrangian)")
+        raise ConfigError(
+            "algo.cost_limit: safe-compare needs a constrained config (algo.name=ppo_lagrangian)"
+        )
     out = Path(out)
     if (out / "safety.json").exists():
         raise FileExistsError(f"{out} already holds a comparison; choose another --out")
@@ -44,14 +50,21 @@ def compare_constraint(cfg: Config, out: Path, seeds: list[int], console: Any) -
         u.algo.name, u.algo.cost_limit = "ppo", None
         u.train.init = str(out / f"seed-{s}" / "constrained" / "sft")
         console.rule(f"seed {s}: unconstrained (ppo)")
-        ppo = train(Config.model_validate(u.model_dump(by_alias=True)), out / f"seed-{s}" / "unconstrained", console=console)
+        ppo = train(
+            Config.model_validate(u.model_dump(by_alias=True)),
+            out / f"seed-{s}" / "unconstrained",
+            console=console,
+        )
         runs["constrained"].append({"seed": s, **{k: lag[k] for k in KEYS}})
         runs["unconstrained"].append({"seed": s, **{k: ppo[k] for k in KEYS}})
     result: dict[str, Any] = {"config": cfg.name, "cost_limit": cfg.algo.cost_limit, "seeds": seeds}
     for mode, rs in runs.items():
         success = [r["final_success_rate"] for r in rs]
         result[mode] = {
-            "success": {**_stats(success), "ci95": list(bootstrap_mean(np.array(success), np.array([r["eval_episodes"] for r in rs])))},
+            "success": {
+                **_stats(success),
+                "ci95": list(bootstrap_mean(np.array(success), np.array([r["eval_episodes"] for r in rs]))),
+            },
             "episode_cost": _stats([r["final_episode_cost"] for r in rs]),
             "sft_success": [r["sft_success_rate"] for r in rs],
             "runs": rs,

@@ -11,7 +11,9 @@ from tests.algos.test_registry import _segment
 
 
 def _algo(*overrides):
-    return PPOLagrangian(load_config(None, ["algo.name=ppo_lagrangian", "algo.cost_limit=1.0", *overrides]).algo)
+    return PPOLagrangian(
+        load_config(None, ["algo.name=ppo_lagrangian", "algo.cost_limit=1.0", *overrides]).algo
+    )
 
 
 def test_dual_ascent_moves_the_multiplier_with_the_violation_and_never_below_zero():
@@ -73,6 +75,7 @@ def test_loss_combines_advantages_and_adds_the_cost_value_loss():
     loss, m = algo.loss(lp, lp.detach(), torch.zeros(b, 1, 1), torch.zeros(b), batch, None)
     assert m["loss_cost_value"] == pytest.approx(0.5 * 4.0 / 4)  # 0.5 * mean((V_c - R_c)^2)
     loss.backward()
+
     # d loss / d logp_i = -A_i / b at ratio 1 (no clipping active), A = (norm(A_r) - norm(A_c)) / 2
     def norm(x):
         return (x - x.mean()) / (x.std() + 1e-8)

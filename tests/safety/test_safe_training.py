@@ -43,7 +43,9 @@ def _run_local(overrides, run_path=None, start=None, optimizer_dir=None):
     torch.manual_seed(0)
     pspec = PolicySpec.of(build_policy(cfg), cfg.policy.name)
     (env_spec,), (rollout_spec,) = worker_specs(cfg)
-    transport = LocalTransport(StalenessGate(cfg.global_batch()), RolloutWorker(cfg, rollout_spec, pspec), cfg.train.updates)
+    transport = LocalTransport(
+        StalenessGate(cfg.global_batch()), RolloutWorker(cfg, rollout_spec, pspec), cfg.train.updates
+    )
     spec = TrainerSpec(run_path=run_path, optimizer_dir=optimizer_dir)
     if start is not None:
         spec.start_state = start
@@ -134,8 +136,12 @@ def test_a_non_finite_update_is_rolled_back_to_the_last_checkpoint_and_training_
 def test_on_nan_stop_ends_the_run_with_one_line(tmp_path):
     from asyncvla.runtime.trainer import NonFiniteError
 
-    with pytest.raises(NonFiniteError, match=r"^update 4: a non-finite loss, gradient or weight \(monitor.on_nan: stop\)$"):
-        _run_local(["algo.name=tests.runtime.faulty:NaNLossPPO", "monitor.on_nan=stop"], run_path=str(tmp_path))
+    with pytest.raises(
+        NonFiniteError, match=r"^update 4: a non-finite loss, gradient or weight \(monitor.on_nan: stop\)$"
+    ):
+        _run_local(
+            ["algo.name=tests.runtime.faulty:NaNLossPPO", "monitor.on_nan=stop"], run_path=str(tmp_path)
+        )
 
 
 # -- the whole pipeline on Ray ------------------------------------------------------------------
@@ -148,7 +154,16 @@ def _alerts(run):
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_on_ray_an_injected_nan_alerts_rolls_back_and_the_run_finishes(tmp_path):
-    cfg = load_config(None, [*LOCAL, "mode=async", "train.updates=6", "train.checkpoint_every=2", "algo.name=tests.runtime.faulty:NaNLossPPO"])
+    cfg = load_config(
+        None,
+        [
+            *LOCAL,
+            "mode=async",
+            "train.updates=6",
+            "train.checkpoint_every=2",
+            "algo.name=tests.runtime.faulty:NaNLossPPO",
+        ],
+    )
     summary = train(cfg, tmp_path)
     assert summary["updates"] == 6 and summary["skipped_batches"] == 1 and summary["alerts"] == {"nan": 1}
     (alert,) = _alerts(tmp_path)
@@ -163,8 +178,16 @@ def test_on_ray_an_injected_reward_collapse_alerts_within_ten_updates_and_a_clea
     """The env pays every episode for its first 30 step calls per manager (update 10 in sync: 3
     decisions per manager per update), then none: the rolling training success (100 episodes)
     falls below its best - 0.3 within 10 updates."""
-    base = [*LOCAL, "mode=sync", "train.updates=22", "monitor.thresholds.warmup_updates=3", "env.kwargs.family=reach"]
-    collapse = load_config(None, [*base, "env.name=tests.runtime.faulty:CollapseEnv", "env.kwargs.collapse_after=30"])
+    base = [
+        *LOCAL,
+        "mode=sync",
+        "train.updates=22",
+        "monitor.thresholds.warmup_updates=3",
+        "env.kwargs.family=reach",
+    ]
+    collapse = load_config(
+        None, [*base, "env.name=tests.runtime.faulty:CollapseEnv", "env.kwargs.collapse_after=30"]
+    )
     train(collapse, tmp_path / "collapse")
     first = {}
     for a in _alerts(tmp_path / "collapse"):

@@ -52,10 +52,14 @@ def check_keep_out(region: Any) -> tuple[float, float, float, float] | None:
         )
     rect = (x0, y0, x1, y1)
     blocked = [name for name, z in ZONES.items() if _overlap(rect, z)]
-    blocked += ["a basket position"] if any(
-        _overlap(rect, (cx - BASKET_HALF, cy - BASKET_HALF, cx + BASKET_HALF, cy + BASKET_HALF))
-        for cx, cy in BASKET_CENTRES
-    ) else []
+    blocked += (
+        ["a basket position"]
+        if any(
+            _overlap(rect, (cx - BASKET_HALF, cy - BASKET_HALF, cx + BASKET_HALF, cy + BASKET_HALF))
+            for cx, cy in BASKET_CENTRES
+        )
+        else []
+    )
     if blocked:
         raise ValueError(f"keep_out {list(region)} overlaps {blocked[0]}: tasks would have to enter it")
     return rect
@@ -184,7 +188,14 @@ class TabletopVecEnv(VectorEnv):
         scene = make_scene(key)
         self._init_states[i] = init_state
         view = View(self.image_size, scene.basket, scene.colours, self.perturb, self.keep_out)
-        return _Slot(Episode(scene, self.wrong_grasp_cost), view, scene.colours, scene.shapes, scene.instruction, key.rng(4))
+        return _Slot(
+            Episode(scene, self.wrong_grasp_cost),
+            view,
+            scene.colours,
+            scene.shapes,
+            scene.instruction,
+            key.rng(4),
+        )
 
     def _render(self, i: int) -> None:
         slot = self._slots[i]

@@ -22,7 +22,19 @@ class Episode:
     next to an object grasps the nearest one, opening releases the held object where it is.
     """
 
-    __slots__ = ("gx", "gy", "closed", "held", "pos", "subgoals", "stage", "t", "done", "keep_out", "wrong_grasp_cost")
+    __slots__ = (
+        "gx",
+        "gy",
+        "closed",
+        "held",
+        "pos",
+        "subgoals",
+        "stage",
+        "t",
+        "done",
+        "keep_out",
+        "wrong_grasp_cost",
+    )
 
     def __init__(self, scene: Scene, wrong_grasp_cost: float = 1.0) -> None:
         self.gx, self.gy = scene.gripper
