@@ -44,8 +44,6 @@ ACTION_DIM = 7
 STATE_DIM = 8
 STATE_LAYOUT = ("eef_x", "eef_y", "eef_z", "eef_ax", "eef_ay", "eef_az", "gripper_q0", "gripper_q1")
 STATE_BOUND = 10.0
-OSC_POSITION_SCALE = 0.05
-"""Metres of end-effector target motion per unit of position action (robosuite OSC_POSE ``output_max``)."""
 """Box bound of every state entry: metres from the world origin, axis-angle norm <= 2 pi."""
 SUITE_MAX_STEPS = {
     "libero_spatial": 220,
@@ -92,16 +90,16 @@ class _Arena:
 
 _TABLE = _Arena((-0.5, -0.6), (0.5, 0.6), 0.90, (-0.66, 0.0, 1.245))  # table (1.0, 1.2) at (0, 0, 0.90)
 _ARENAS = {
-    "LIBERO_Tabletop_Manipulation": _TABLE,  # libero_spatial, libero_goal
-    "LIBERO_Kitchen_Tabletop_Manipulation": _TABLE,  # the same table and robot placement
+    "libero_tabletop_manipulation": _TABLE,  # libero_spatial, libero_goal
+    "libero_kitchen_tabletop_manipulation": _TABLE,  # the same table and robot placement
     # Table (1.0, 1.2) at (-0.2, 0, 0.867); the robot 0.25 m behind its edge.
-    "LIBERO_Study_Tabletop_Manipulation": _Arena((-0.7, -0.6), (0.3, 0.6), 0.867, (-0.75, 0.0, 1.245)),
+    "libero_study_tabletop_manipulation": _Arena((-0.7, -0.6), (0.3, 0.6), 0.867, (-0.75, 0.0, 1.245)),
     # Table (0.70, 1.6) at (0, 0, 0.41); the robot on the ground, its base raised to 0.42.
-    "LIBERO_Living_Room_Tabletop_Manipulation": _Arena((-0.35, -0.8), (0.35, 0.8), 0.41, (-0.51, 0.0, 0.753)),
+    "libero_living_room_tabletop_manipulation": _Arena((-0.35, -0.8), (0.35, 0.8), 0.41, (-0.51, 0.0, 0.753)),
     # libero_object: the floor plane (z = 0) in front of the robot's base at x = -0.6.
-    "LIBERO_Floor_Manipulation": _Arena((-0.6, -np.inf), (np.inf, np.inf), 0.0, (-0.6, 0.0, 0.333)),
+    "libero_floor_manipulation": _Arena((-0.6, -np.inf), (np.inf, np.inf), 0.0, (-0.6, 0.0, 0.333)),
 }
-"""Per BDDL problem (every problem of the five suites; not the unused coffee-table scene)."""
+"""Per BDDL problem, lower case (every problem of the five suites; not the unused coffee-table scene)."""
 
 
 def _select_gl() -> None:
@@ -136,6 +134,9 @@ def _libero() -> Any:
     return benchmark, get_libero_path, OffScreenRenderEnv
 
 
+_OSC_LIMITS = ("output_max", "output_min", "input_max", "input_min")
+
+
 @lru_cache(maxsize=1)
 def _osc_position_scale() -> tuple[float, float, float]:
     """Metres of end-effector goal offset per unit of position action: robosuite's action scale
@@ -146,17 +147,12 @@ def _osc_position_scale() -> tuple[float, float, float]:
     from robosuite import load_controller_config
 
     cfg = load_controller_config(default_controller="OSC_POSE")
-    out_max, out_min = (
-        np.broadcast_to(np.asarray(cfg[k], dtype=np.float64), (6,)) for k in ("output_max", "output_min")
-    )
-    in_max, in_min = (
-        np.broadcast_to(np.asarray(cfg[k], dtype=np.float64), (6,)) for k in ("input_max", "input_min")
-    )
     if cfg["type"] != "OSC_POSE" or not cfg["control_delta"]:
         raise ValueError(f"robosuite's OSC_POSE config is not a delta OSC_POSE controller: {cfg}")
-    if np.any(out_max[:3] + out_min[:3]) or np.any(in_max[:3] + in_min[:3]):
-        raise ValueError(f"robosuite's OSC_POSE position range is not symmetric: {cfg}")
-    scale = np.abs(out_max - out_min)[:3] / np.abs(in_max - in_min)[:3]
+    lim = {k: np.broadcast_to(np.asarray(cfg[k], dtype=np.float64), (6,))[:3] for k in _OSC_LIMITS}
+    if np.any(lim["output_max"] + lim["output_min"]) or np.any(lim["input_max"] + lim["input_min"]):
+        raise ValueError(f"robosuite's OSC_POSE position range is not symmetric about 0: {cfg}")
+    scale = np.abs(lim["output_max"] - lim["output_min"]) / np.abs(lim["input_max"] - lim["input_min"])
     return tuple(float(x) for x in scale)  # type: ignore[return-value]
 
 
@@ -227,7 +223,7 @@ class _Task:
     init_states: np.ndarray
     init_file: str
     problem: str
-    """The BDDL's problem (scene) class, e.g. ``LIBERO_Tabletop_Manipulation``."""
+    """The BDDL's problem (scene) class, lower case as LIBERO keys it: ``libero_tabletop_manipulation``."""
 
 
 @lru_cache(maxsize=8)
@@ -303,7 +299,15 @@ class LiberoVecEnv(VectorEnv):
     upright, uint8 [S, S, 3]; ``state`` float32 [8] (``STATE_LAYOUT``: end-effector position,
     axis-angle orientation, gripper joint positions); ``instruction`` (the task's language).
     Action: 7-D in [-1, 1] (OSC_POSE deltas and gripper), executed as chunks that stop at success
-    or at ``max_episode_steps``. Reward 1 on success (which terminates), ``cost`` 0.
+    or at ``max_episode_steps``. Reward 1 on success (which terminates).
+
+    Cost: ``info["cost"]`` (float32 [n], summed over the chunk's executed actions) is the number of
+    actions during which robot0's gripper touched a movable object of the task that is not in the
+    BDDL's ``obj_of_interest`` (fixtures such as the table, walls or a cabinet never count): 1 per
+    action with such a contact at any of its physics substeps. ``shield_model``: state[0:3] moves
+    by action[0:3] times OSC_POSE's position scale (0.05 m per unit of action: the commanded goal;
+    the arm moves less), inside the reachable part of the scene's work surface; action[6] > 0
+    closes the gripper (< 0 opens it; exactly 0 keeps it as it is).
     """
 
     def __init__(
@@ -384,7 +388,7 @@ class LiberoVecEnv(VectorEnv):
 
     # -- one env ----------------------------------------------------------------------------------
 
-    def _build(self, task: _Task) -> Any:
+    def _build(self, task: _Task, slot: _Slot) -> Any:
         off_screen_env = _libero()[2]
         cams = [AGENTVIEW, WRIST] if self.wrist_camera else [AGENTVIEW]
         env = off_screen_env(
@@ -408,6 +412,17 @@ class LiberoVecEnv(VectorEnv):
             vis.quality.offsamples = samples
 
         inner._initialize_sim = _initialize_sim
+
+        # robosuite runs sim.forward() (which finds the contacts) right before _pre_action at each
+        # physics substep of an action: check the gripper's contacts there, until one is found.
+        pre_action = inner._pre_action
+
+        def _pre_action(action: np.ndarray, policy_step: bool = False) -> None:
+            pre_action(action, policy_step)
+            if not slot.touched and slot.grip_geoms is not None:
+                slot.touched = _touching(inner.sim.data, slot.grip_geoms, slot.other_geoms)
+
+        inner._pre_action = _pre_action
         return env
 
     def _reset_one(self, i: int, k: int) -> None:
@@ -418,10 +433,12 @@ class LiberoVecEnv(VectorEnv):
             if slot.sim is not None:
                 slot.sim.close()
                 slot.sim = None
-            slot.sim, slot.task = self._build(task), task
+            slot.sim, slot.task = self._build(task, slot), task
         slot.sim.seed(reset_seed(self.suite, task.task_id, init_id))
-        slot.sim.reset()
+        slot.grip_geoms = slot.other_geoms = None
+        slot.sim.reset()  # a hard reset: a new model
         obs = slot.sim.set_init_state(task.init_states[init_id])
+        slot.grip_geoms, slot.other_geoms = _contact_lookups(slot.sim.env)
         noop = np.asarray(NOOP_ACTION)
         for _ in range(self.settle_steps):
             obs, _, _, _ = slot.sim.step(noop)
@@ -494,6 +511,7 @@ class LiberoVecEnv(VectorEnv):
             )
         chunks = np.clip(np.nan_to_num(a), -1.0, 1.0).astype(np.float64)
         reward = np.zeros(n, dtype=np.float32)
+        cost = np.zeros(n, dtype=np.float32)
         steps = np.zeros(n, dtype=np.int32)
         terminated = np.zeros(n, dtype=bool)
         truncated = np.zeros(n, dtype=bool)
@@ -505,10 +523,12 @@ class LiberoVecEnv(VectorEnv):
             obs: dict[str, np.ndarray] = {}
             try:
                 for action in chunks[i]:
+                    slot.touched = False
                     obs, r, success, _ = slot.sim.step(action)
                     slot.t += 1
                     steps[i] += 1
                     reward[i] += float(r)
+                    cost[i] += slot.touched
                     if success or slot.t >= self.max_episode_steps:
                         break
             except Exception as e:  # e.g. a MuJoCo instability: this env's episode is over
@@ -521,26 +541,30 @@ class LiberoVecEnv(VectorEnv):
             self._observe(i, obs)
         info = {
             "success": terminated.copy(),
-            "cost": np.zeros(n, dtype=np.float32),
+            "cost": cost,
             "steps": steps,
             "failed": failed,
         }
         return self._obs(), reward, terminated, truncated, info
 
-    def shield_model(self) -> ShieldModel:
-        """state[0:3] is the end effector's position (m); OSC_POSE moves its target by at most
-        0.05 m per unit of action per step (robosuite's ``osc_pose.json``, ``output_max``), and
-        action 6 > 0 closes the gripper. Reachable: a box around the Panda's reach over the table
-        (x, y within 1 m of the world origin, z 0.5..2 m); the commanded position is what the
-        shield bounds, the controller lags it slightly."""
+    def shield_model(self) -> ShieldModel | None:
+        """Position dims 0..2 of state and action, scaled by robosuite's OSC_POSE config
+        (``_osc_position_scale``); reachable: the union over the env's tasks of the reachable part
+        of their scene's work surface (``_ARENAS``). None for a scene without an entry there."""
+        arenas = [_ARENAS.get(task.problem.lower()) for task in self._tasks.values()]
+        if any(a is None for a in arenas):
+            return None
+        boxes = [a.reachable() for a in arenas if a is not None]
+        low = np.min([lo for lo, _ in boxes], axis=0)
+        high = np.max([hi for _, hi in boxes], axis=0)
         return ShieldModel(
             position_state_dims=(0, 1, 2),
             position_action_dims=(0, 1, 2),
-            step_scale=(OSC_POSITION_SCALE,) * 3,
+            step_scale=_osc_position_scale(),
             action_low=(-1.0,) * ACTION_DIM,
             action_high=(1.0,) * ACTION_DIM,
-            reachable_low=(-1.0, -1.0, 0.5),
-            reachable_high=(1.0, 1.0, 2.0),
+            reachable_low=tuple(float(x) for x in low),
+            reachable_high=tuple(float(x) for x in high),
             gripper_action_dim=6,
             gripper_close_above=0.0,
         )

@@ -8,6 +8,7 @@ seconds on 2 cores.
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -39,29 +40,155 @@ def test_asset_files_name_each_task_bddl_init_states_and_the_manifest(env):
     assert files["task0.bddl"].endswith(".bddl") and all(Path(p).is_file() for p in files.values())
 
 
+TASK0_TARGETS = ("akita_black_bowl_1", "plate_1")  # the BDDL's obj_of_interest
+TASK0_OTHERS = ("akita_black_bowl_2", "cookies_1", "glazed_rim_porcelain_ramekin_1")
+TASK0_FIXTURES = ("wooden_cabinet_1", "flat_stove_1")
+PANDA_CHAIN = [f"robot0_link{k}" for k in range(2, 8)] + [
+    "robot0_right_hand",
+    "gripper0_right_gripper",
+    "gripper0_eef",
+]
+
+
+def test_the_shield_model_without_a_simulator():
+    venv = make_env("libero", suite="libero_spatial", task_ids=[0, 1])  # builds no sim
+    model = venv.shield_model()
+    assert model.position_state_dims == (0, 1, 2) and model.position_action_dims == (0, 1, 2)
+    assert model.step_scale == pytest.approx((0.05, 0.05, 0.05))  # robosuite's osc_pose.json
+    assert model.action_low == (-1.0,) * 7 and model.action_high == (1.0,) * 7
+    assert model.gripper_action_dim == 6 and model.gripper_close_above == 0.0
+    # The table (1.0 x 1.2 m, top at z = 0.9) up to the Panda's reach from its shoulder.
+    reach = libero_env.PANDA_REACH
+    assert reach == pytest.approx(1.0828, abs=1e-4)
+    assert model.reachable_low == pytest.approx((-0.5, -0.6, 0.9))
+    assert model.reachable_high == pytest.approx((-0.66 + reach, 0.6, 1.245 + reach))
+    # libero_10 mixes kitchen, living-room (a low table) and study scenes: the union of their boxes.
+    mixed = make_env("libero", suite="libero_10", task_ids=list(range(10))).shield_model()
+    assert mixed.reachable_low == pytest.approx((-0.7, -0.8, 0.41))
+    assert mixed.reachable_high == pytest.approx((-0.66 + reach, 0.8, 1.245 + reach))
+
+
 @pytest.mark.slow
-def test_the_shield_model_bounds_the_end_effectors_motion_and_the_shield_holds_it(env):
+def test_the_shield_model_matches_the_scene_and_bounds_the_end_effectors_motion(env):
     from asyncvla.config import ShieldConfig
     from asyncvla.safety.shield import ShieldedEnv, make_shield
 
     model = env.shield_model()
-    assert model.position_state_dims == (0, 1, 2) and model.gripper_action_dim == 6
     obs, _ = env.reset(options={"init_state": [3, 4]})
-    x0 = obs["state"][:, 0].copy()
-    chunk = np.zeros((2, 4, 7), dtype=np.float32)
-    chunk[:, :, 0] = 1.0  # full speed along +x for 4 steps
-    obs, *_ = env.step(chunk)
-    moved = obs["state"][:, 0] - x0
-    assert (moved > 0.005).all() and (moved <= 4 * model.step_scale[0] + 1e-3).all()  # commanded bound
+    lo, hi = np.array(model.reachable_low), np.array(model.reachable_high)
+    assert ((obs["state"][:, :3] > lo) & (obs["state"][:, :3] < hi)).all()  # the start pose
+
+    # The numbers behind the model, read off the built scene and controller.
+    inner = env._slots[0].sim.env
+    m, d = inner.sim.model, inner.sim.data
+    ctrl = inner.robots[0].controller
+    assert ctrl.action_scale[:3] == pytest.approx(model.step_scale) and not ctrl.action_output_transform.any()
+    table = m.geom_name2id("table_collision")
+    top = d.geom_xpos[table] + m.geom_size[table]
+    assert top == pytest.approx([0.5, 0.6, 0.9]) and d.geom_xpos[table][:2] - m.geom_size[table][
+        :2
+    ] == pytest.approx(lo[:2])
+    assert d.body_xpos[m.body_name2id("robot0_link1")] == pytest.approx(libero_env._TABLE.shoulder, abs=1e-3)
+    chain = sum(np.linalg.norm(m.body_pos[m.body_name2id(b)]) for b in PANDA_CHAIN)
+    assert chain == pytest.approx(libero_env.PANDA_REACH, abs=1e-4)  # triangle inequality: a reach bound
+    assert m.site_bodyid[m.site_name2id("gripper0_grip_site")] == m.body_name2id("gripper0_eef")
+
+    # Full speed along +x, one action per chunk: x grows every step, by at most the commanded step.
+    dx = np.zeros((2, 1, 7), dtype=np.float32)
+    dx[:, :, 0], dx[:, :, 6] = 1.0, -1.0
+    states = [obs["state"][:, :3].copy()]
+    for _ in range(5):
+        obs, *_ = env.step(dx)
+        states.append(obs["state"][:, :3].copy())
+    step = np.diff(np.array(states), axis=0)  # [5, 2, 3]
+    assert (step[..., 0] > 0).all() and (step[..., 0] <= model.step_scale[0] + 1e-3).all()
+    assert step[..., 0].sum(axis=0).min() > 0.02 and np.abs(step[..., 1:]).max() < 0.01
+
     # A workspace 2 cm beyond the gripper in +x: the shielded env stops it there.
     x = obs["state"][:, 0]
-    lo = [float(x.min()) - 0.3, -1.0, 0.5]
-    hi = [float(x.max()) + 0.02, 1.0, 2.0]
-    shielded = ShieldedEnv(env, make_shield(ShieldConfig(workspace=[*lo, *hi]), env))
+    ws_lo, ws_hi = [-0.45, -0.5, 0.95], [float(x.max()) + 0.02, 0.5, 1.5]
+    shielded = ShieldedEnv(env, make_shield(ShieldConfig(workspace=[*ws_lo, *ws_hi]), env))
     shielded._state = obs["state"]  # continue this episode under the shield
+    chunk = np.repeat(dx, 4, axis=1)
     for _ in range(3):
         obs, _, _, _, info = shielded.step(chunk)
-    assert (obs["state"][:, 0] <= hi[0] + 0.01).all() and info["shield_interventions"].sum() > 0
+    assert (obs["state"][:, 0] <= ws_hi[0] + 0.01).all() and info["shield_interventions"].sum() > 0
+
+
+def test_touching_pairs_either_order_of_a_contact():
+    a, b = np.array([True, False, False, False]), np.array([False, False, True, True])
+    contacts = SimpleNamespace(geom1=np.array([1, 3, 0]), geom2=np.array([2, 0, 1]))
+    assert libero_env._touching(SimpleNamespace(ncon=3, contact=contacts), a, b)  # (3, 0): b, a
+    assert not libero_env._touching(SimpleNamespace(ncon=1, contact=contacts), a, b)  # (1, 2) only
+    assert not libero_env._touching(SimpleNamespace(ncon=0, contact=contacts), a, b)
+
+
+def _names_touch(sim) -> bool:
+    """The cost's predicate from geom names: a gripper geom in contact with a non-target object's."""
+    m, d = sim.model, sim.data
+    for k in range(d.ncon):
+        names = [m.geom_id2name(g) or "" for g in (d.contact[k].geom1, d.contact[k].geom2)]
+        grip = [n.startswith("gripper0_") for n in names]
+        other = [any(n.startswith(o + "_") for o in TASK0_OTHERS) for n in names]
+        if (grip[0] and other[1]) or (grip[1] and other[0]):
+            return True
+    return False
+
+
+def test_cost_counts_the_actions_whose_gripper_touches_a_non_target_object(env, monkeypatch):
+    env.reset(options={"init_state": [0, 0]})
+    inner = env._slots[0].sim.env
+    assert sorted(inner.obj_of_interest) == sorted(TASK0_TARGETS)
+    assert set(inner.objects_dict) == {*TASK0_TARGETS, *TASK0_OTHERS} and set(inner.fixtures_dict) == set(
+        TASK0_FIXTURES
+    )
+
+    # The lookups: robot0's gripper geoms, and the geoms of the movable objects of no interest.
+    m = inner.sim.model
+    slot = env._slots[0]
+    grip = {m.geom_id2name(g) for g in np.flatnonzero(slot.grip_geoms)}
+    other = {m.geom_id2name(g) for g in np.flatnonzero(slot.other_geoms)}
+    assert grip and other and not grip & other
+    assert set(inner.robots[0].gripper.contact_geoms) <= grip and all(n.startswith("gripper0_") for n in grip)
+    for name, obj in inner.objects_dict.items():
+        mine = {n for n in other if n.startswith(name + "_")}
+        assert (mine >= set(obj.contact_geoms)) if name in TASK0_OTHERS else not mine, name
+    assert all(any(n.startswith(o + "_") for o in TASK0_OTHERS) for n in other)  # no table, fixture, robot
+
+    # Spy on every physics substep of env 0: the independent predicate, OR-ed per action.
+    touched: list[bool] = []
+    hook = inner._pre_action
+
+    def spy(action, policy_step=False):
+        hook(action, policy_step)
+        if policy_step:  # the first substep of an action
+            touched.append(False)
+        touched[-1] = touched[-1] or _names_touch(inner.sim)
+
+    monkeypatch.setattr(inner, "_pre_action", spy)
+
+    # Scripted: over the cookies box (not an object of interest), then down onto it with the
+    # gripper closed (open fingers would straddle the flat box).
+    box = inner.sim.data.body_xpos[inner.obj_body_id["cookies_1"]].copy()
+    state, above, costs = env._state.copy(), False, []
+    for _ in range(20):
+        p = state[0, :3]
+        above = above or np.abs(p[:2] - box[:2]).max() < 0.015
+        goal = box + (0.0, 0.0, -0.05 if above else 0.15)
+        chunk = np.zeros((2, 4, 7), dtype=np.float32)
+        chunk[0, :, :3] = np.clip((goal - p) / 0.05, -1.0, 1.0)
+        chunk[0, :, 6], chunk[1, :, 6] = 1.0, -1.0  # env 0 closed, env 1 open and still
+        before = len(touched)
+        obs, _, _, _, info = env.step(chunk)
+        assert info["cost"].dtype == np.float32 and info["cost"].shape == (2,)
+        assert info["steps"].tolist() == [4, 4] and info["cost"][1] == 0.0  # env 1 stays at its start pose
+        assert info["cost"][0] == sum(touched[before:]) and len(touched) == before + 4
+        costs.append(float(info["cost"][0]))
+        state = obs["state"]
+        if sum(costs) >= 4:
+            break
+    assert costs[0] == 0.0 and sum(costs) >= 4, costs  # no contact at the start; then pushing
+    monkeypatch.undo()
 
 
 @pytest.mark.slow
