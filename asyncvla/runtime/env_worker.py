@@ -43,6 +43,8 @@ from asyncvla.safety.shield import make_shield
 
 log = logging.getLogger(__name__)
 
+HEARTBEAT_S = 5.0
+"""An env worker that waits (on inference or the staleness gate) still reports this often."""
 TRAIN_INIT_STATES = 1_000_000
 """Training draws init states below this; evaluation and demos use disjoint ranges above it."""
 
@@ -676,12 +678,17 @@ class EnvWorker:
         self._tickets(ms)
         for m in ms:
             self._issue(m, pending)
+        last_report = time.monotonic()
         while not stop.is_set():
             need = len(pending) if self.lockstep else 1
             ready = self.transport.wait(list(pending), need, 0.2)
             if len(ready) < need:
                 self.events.tick()
+                if time.monotonic() - last_report > HEARTBEAT_S:  # waiting (throttled), not dead
+                    self.transport.report({})
+                    last_report = time.monotonic()
                 continue
+            last_report = time.monotonic()
             complete = []
             for ref, reply in zip(ready, self.transport.get(ready), strict=True):
                 m = self.managers[pending.pop(ref)]
