@@ -280,7 +280,11 @@ class AlertThresholds(_Strict):
     """The mean entropy per action token falls this many nats below its value at the first update."""
     staleness_pinned: int = Field(50, ge=1)
     """This many consecutive updates train every sample at the staleness bound (``staleness_mean``
-    equal to ``runtime.max_staleness`` > 0): the rollout workers are throttled all the time."""
+    equal to ``runtime.max_staleness`` > 0) while the trainer is busy less than
+    ``staleness_pinned_busy`` of each update: the bound, not the trainer, limits the pipeline."""
+    staleness_pinned_busy: float = Field(0.9, gt=0.0, le=1.0)
+    """``trainer_busy_frac`` at or above which a run counts as trainer-bound (then training at the
+    bound is expected and ``staleness_pinned`` does not count the update)."""
     latency_drift: float = Field(3.0, gt=1.0)
     """An env worker's time per env step grows this many times over its value at the start."""
     heartbeat_s: float = Field(120.0, gt=0.0)

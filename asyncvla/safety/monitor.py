@@ -14,8 +14,9 @@ Alerts and their defaults (``monitor.thresholds``):
 * ``entropy_collapse`` — the mean entropy per action token is more than 2 nats below its value
   at the first update.
 * ``staleness_pinned`` — 50 updates in a row trained every sample at the staleness bound
-  (``staleness_mean`` = ``runtime.max_staleness`` > 0; never in sync mode): the rollout workers
-  are throttled all the time and the trainer is the bottleneck.
+  (``staleness_mean`` = ``runtime.max_staleness`` > 0; never in sync mode) while the trainer
+  waited for samples (``trainer_busy_frac`` < 0.9): the bound, not the trainer, limits the
+  pipeline. A trainer-bound run (busy >= 0.9) trains at the bound by design and does not count.
 * ``latency_drift`` — an env worker's time per env step is more than 3x its reference (the
   median of its first 5 measurements after warm-up).
 * ``heartbeat`` — an env worker has sent no progress report for more than 120 s.
@@ -261,7 +262,11 @@ class Monitor:
 
         # staleness pinned at the bound (async only)
         sm = _num(row.get("staleness_mean"))
-        pinned_now = self.eta > 0 and _finite(sm) and sm >= self.eta - 1e-9  # type: ignore[operator]
+        busy = _num(row.get("trainer_busy_frac"))
+        # A trainer-bound run trains at the bound by design (the trainer is the bottleneck); the
+        # bound costs throughput only while the trainer waits for samples.
+        trainer_waits = not _finite(busy) or busy < th.staleness_pinned_busy  # type: ignore[operator]
+        pinned_now = self.eta > 0 and _finite(sm) and sm >= self.eta - 1e-9 and trainer_waits  # type: ignore[operator]
         self.pinned = self.pinned + 1 if pinned_now else 0
         self._check(
             out,
@@ -269,7 +274,8 @@ class Monitor:
             "staleness_pinned",
             u,
             f"staleness_pinned: {self.pinned} updates in a row (>= {th.staleness_pinned}) trained every "
-            f"sample at the staleness bound {self.eta} (rollouts throttled) at update {u}",
+            f"sample at the staleness bound {self.eta} while the trainer waited (the bound throttles "
+            f"the pipeline: raise runtime.max_staleness) at update {u}",
             self.pinned,
             th.staleness_pinned,
         )

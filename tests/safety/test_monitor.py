@@ -152,6 +152,17 @@ def test_kl_entropy_and_staleness_pinned_after_exactly_threshold_rows():
         0.9,
         0.3,
     )
+    # a trainer-bound run (busy >= 0.9) trains at the bound by design: no alert; waiting: alert
+    bound = list(_clean_rows(20))
+    for r in bound:
+        r.update(staleness_mean=1.0, trainer_busy_frac=0.99)
+    assert _feed(_monitor("monitor.thresholds.staleness_pinned=5"), bound) == []
+    for r in bound:
+        r["trainer_busy_frac"] = 0.6
+    assert [(u, a.name) for u, a in _feed(_monitor("monitor.thresholds.staleness_pinned=5"), bound)][0] == (
+        5,
+        "staleness_pinned",
+    )
     # sync (eta = 0): staleness 0 is always "at the bound" and must never alert
     sync = _monitor("monitor.thresholds.staleness_pinned=5", eta=0)
     rows = list(_clean_rows(40))
