@@ -163,6 +163,28 @@ def test_act_and_evaluate_agree_on_per_token_log_probs(ckpt):
     assert not np.array_equal(det.actions[0], p.act(fake_obs(5, seed=1), deterministic=True).actions[0])
 
 
+def test_a_cost_critic_is_a_second_head_on_the_same_forward(ckpt):
+    plain = policy(ckpt)
+    assert (
+        plain.act(fake_obs(3)).cost_values is None
+        and plain.evaluate(fake_obs(3), plain.act(fake_obs(3)).actions).cost_values is None
+    )
+    torch.manual_seed(0)
+    p = policy(ckpt, cost_critic=True)
+    assert p.init_kwargs()["cost_critic"] is True and "cost_head.0.weight" in p.state_dict()
+    obs = fake_obs(4)
+    with torch.no_grad():  # a distinct head: not the value head's output
+        p.cost_head[-1].bias.fill_(3.0)
+    out = p.act(obs)
+    assert out.cost_values.shape == (4,) and not np.allclose(out.cost_values, out.values)
+    p.train()
+    ev = p.evaluate(obs, out.actions)
+    assert ev.cost_values.requires_grad
+    np.testing.assert_allclose(ev.cost_values.detach().numpy(), out.cost_values, rtol=0, atol=1e-5)
+    ev.cost_values.sum().backward()
+    assert p.cost_head[0].weight.grad is not None and p.value_head[0].weight.grad is None
+
+
 def test_temperature_scales_the_bin_logits(ckpt):
     p, q = policy(ckpt, temperature=1.0), policy(ckpt, temperature=0.5)
     obs = fake_obs(2)
