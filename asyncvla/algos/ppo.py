@@ -56,6 +56,16 @@ def _weighted_mean(x: Tensor, weights: Tensor | None) -> Tensor:
     return (w * x).sum() / w.sum().clamp_min(torch.finfo(x.dtype).tiny)
 
 
+def value_errors(new_values: Tensor, old_values: Tensor, returns: Tensor, value_clip: float | None) -> Tensor:
+    """Per-sample ``0.5 * max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)`` (``c =
+    value_clip``; ``0.5 * (V - R)^2`` without clipping): the value loss of :func:`ppo_loss`."""
+    err = (new_values - returns) ** 2
+    if value_clip is not None:
+        clipped = old_values + (new_values - old_values).clamp(-value_clip, value_clip)
+        err = torch.max(err, (clipped - returns) ** 2)
+    return 0.5 * err
+
+
 def ppo_loss(
     new_log_probs: Tensor,
     old_log_probs: Tensor,
@@ -126,11 +136,7 @@ def ppo_loss(
         pg_per = pg_per * _per_sample(is_weights.detach(), pg_per)
     loss_policy = _weighted_mean(pg_per, weights)
 
-    v_err = (new_values - returns) ** 2
-    if value_clip is not None:
-        v_clipped = old_values + (new_values - old_values).clamp(-value_clip, value_clip)
-        v_err = torch.max(v_err, (v_clipped - returns) ** 2)
-    loss_value = _weighted_mean(0.5 * v_err, weights)
+    loss_value = _weighted_mean(value_errors(new_values, old_values, returns, value_clip), weights)
 
     mean_entropy = _weighted_mean(entropy, weights)
     loss = loss_policy + vf_coef * loss_value - ent_coef * mean_entropy
@@ -155,9 +161,15 @@ class PPO(Algorithm):
     advantages normalized per minibatch (``algo.normalize_advantages``); :func:`ppo_loss`."""
 
     def advantages(self, seg: Segment, bootstrap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.gae(seg.rewards, seg.values, seg, bootstrap)
+
+    def gae(
+        self, rewards: np.ndarray, values: np.ndarray, seg: Segment, bootstrap: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """GAE of per-step ``rewards`` [T, n] with ``values`` over the segment's episode ends."""
         adv, ret = compute_gae(
-            torch.from_numpy(seg.rewards),
-            torch.from_numpy(seg.values),
+            torch.from_numpy(rewards),
+            torch.from_numpy(values),
             torch.from_numpy(seg.dones),
             torch.from_numpy(np.asarray(bootstrap, dtype=np.float32)),
             gamma=self.cfg.gamma,
@@ -174,10 +186,29 @@ class PPO(Algorithm):
         batch: dict[str, Tensor],
         is_weights: Tensor | None,
     ) -> tuple[Tensor, dict[str, float]]:
-        c = self.cfg
-        adv = batch["adv"].float()
-        if c.normalize_advantages and adv.numel() > 1:
+        return self.clipped_loss(
+            self.normalized(batch["adv"]), log_probs, old_log_probs, entropy, values, batch, is_weights
+        )
+
+    def normalized(self, adv: Tensor) -> Tensor:
+        """Per-minibatch zero mean, unit std (``algo.normalize_advantages``)."""
+        adv = adv.float()
+        if self.cfg.normalize_advantages and adv.numel() > 1:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        return adv
+
+    def clipped_loss(
+        self,
+        adv: Tensor,
+        log_probs: Tensor,
+        old_log_probs: Tensor,
+        entropy: Tensor,
+        values: Tensor,
+        batch: dict[str, Tensor],
+        is_weights: Tensor | None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        """:func:`ppo_loss` with advantages ``adv`` and the config's clipping and coefficients."""
+        c = self.cfg
         return ppo_loss(
             log_probs,
             old_log_probs,

@@ -25,12 +25,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from asyncvla.algos.base import ALGOS
-from asyncvla.algos.gae import compute_gae
-from asyncvla.algos.ppo import PPO, ppo_loss
+from asyncvla.algos.ppo import PPO, value_errors
 
 if TYPE_CHECKING:
     from asyncvla.config import Config
@@ -77,15 +75,7 @@ class PPOLagrangian(PPO):
 
     def cost_advantages(self, seg: Segment, bootstrap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cost advantages and cost-value targets [T, n]: GAE over the segment's per-step costs."""
-        adv, ret = compute_gae(
-            torch.from_numpy(seg.costs),
-            torch.from_numpy(seg.cost_values),
-            torch.from_numpy(seg.dones),
-            torch.from_numpy(np.asarray(bootstrap, dtype=np.float32)),
-            gamma=self.cfg.gamma,
-            lam=self.cfg.gae_lambda,
-        )
-        return adv.numpy(), ret.numpy()
+        return self.gae(seg.costs, seg.cost_values, seg, bootstrap)
 
     def loss(
         self,
@@ -96,38 +86,15 @@ class PPOLagrangian(PPO):
         batch: dict[str, Tensor],
         is_weights: Tensor | None,
     ) -> tuple[Tensor, dict[str, float]]:
-        c = self.cfg
         lam = self.multiplier
-        adv = batch["adv"].float()
-        cadv = batch["cadv"].float()
-        if c.normalize_advantages and adv.numel() > 1:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            cadv = (cadv - cadv.mean()) / (cadv.std() + 1e-8)
-        combined = (adv - lam * cadv) / (1.0 + lam)
-        loss, m = ppo_loss(
-            log_probs,
-            old_log_probs,
-            combined,
-            values,
-            batch["values"],
-            batch["ret"].float(),
-            entropy,
-            level=c.logprob_level,
-            clip_low=c.clip_low,
-            clip_high=c.clip_high,
-            value_clip=c.value_clip,
-            vf_coef=c.vf_coef,
-            ent_coef=c.ent_coef,
-            is_weights=is_weights,
+        combined = (self.normalized(batch["adv"]) - lam * self.normalized(batch["cadv"])) / (1.0 + lam)
+        loss, m = self.clipped_loss(combined, log_probs, old_log_probs, entropy, values, batch, is_weights)
+        c_err = value_errors(
+            batch["cost_values_new"], batch["cvalues"], batch["cret"].float(), self.cfg.value_clip
         )
-        new_cv, old_cv, cret = batch["cost_values_new"], batch["cvalues"], batch["cret"].float()
-        c_err = (new_cv - cret) ** 2
-        if c.value_clip is not None:
-            clipped = old_cv + (new_cv - old_cv).clamp(-c.value_clip, c.value_clip)
-            c_err = torch.max(c_err, (clipped - cret) ** 2)
-        loss_cost_value = (0.5 * c_err).mean()
+        loss_cost_value = c_err.mean()
         m["loss_cost_value"] = loss_cost_value.item()
-        return loss + c.vf_coef * loss_cost_value, m
+        return loss + self.cfg.vf_coef * loss_cost_value, m
 
     def end_update(self, episode_costs: list[float]) -> dict[str, float]:
         """Move the multiplier with the batch's finished episodes; metrics of this update."""
