@@ -286,11 +286,13 @@ def train(
                     episode_cost=row["eval_episode_cost"],
                 )
             ckpt_dir = run.path / "checkpoints" / f"update_{row['update']:05d}"
-            if row["update"] % cfg.train.checkpoint_every == 0 and ckpt_dir.is_dir():
+            checkpointed = row["update"] % cfg.train.checkpoint_every == 0 and ckpt_dir.is_dir()
+            if checkpointed:
                 audit.checkpoint(ckpt_dir, update=row["update"])
             if monitor is not None:
                 announce(monitor.observe(row))
-                atomic_write_text(monitor_state, json.dumps(monitor.state_dict()))
+                if checkpointed:  # a resume restarts from a checkpoint: its monitor state with it
+                    atomic_write_text(monitor_state, json.dumps(monitor.state_dict()))
             prog.update(
                 task,
                 completed=row["update"],
@@ -304,6 +306,8 @@ def train(
 
         res = run_schedule(cfg, policy, run, state, ckpt, on_row, stop_after_s, on_health)
     sink.close()
+    if monitor is not None:  # the run's last checkpoint is written at the end
+        atomic_write_text(monitor_state, json.dumps(monitor.state_dict()))
     acc = res.accounting
 
     final = evaluate(cfg, policy, cfg.eval.episodes)

@@ -39,7 +39,7 @@ from asyncvla.envs.episodes import EpisodeTracker
 from asyncvla.runtime.events import EventBuffer
 from asyncvla.runtime.gate import Ticket
 from asyncvla.runtime.types import ActionReply, ObsRequest, Segment, take_obs
-from asyncvla.safety.shield import make_shield
+from asyncvla.safety.shield import make_shield, note_executed
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +393,7 @@ class EnvManager:
         steps = np.where(failed, 0, np.asarray(info["steps"]))
         cost = np.asarray(info["cost"])
         if self.shield is not None:
-            self._note_executed(actions, steps)
+            note_executed(self._prev, actions, steps, self._act_low, self._act_high)
         n_shielded = int(shielded.sum())
         self._buf_shielded += n_shielded
         self.shield_interventions += n_shielded
@@ -448,13 +448,6 @@ class EnvManager:
         if self.segment_len >= self.rollout_steps:
             out.append(self.close())
         return out
-
-    def _note_executed(self, actions: np.ndarray, steps: np.ndarray) -> None:
-        """Remember each env's last executed action of the chunk (the shield's context)."""
-        rows = np.flatnonzero(steps > 0)
-        if rows.size:
-            last = np.asarray(actions, dtype=np.float32)[rows, steps[rows] - 1]
-            self._prev[rows] = np.clip(last, self._act_low, self._act_high)
 
     # -- simulator failures -------------------------------------------------------------------------
     def _env_error(self, e: BaseException, where: str) -> None:

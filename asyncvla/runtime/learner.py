@@ -175,11 +175,7 @@ class Learner:
 
     # -- samples -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def bootstrap_values(self, seg: Segment) -> np.ndarray:
-        return self._bootstrap(seg)[0]
-
-    @torch.no_grad()
-    def _bootstrap(self, seg: Segment) -> tuple[np.ndarray, np.ndarray | None]:
+    def bootstrap_values(self, seg: Segment) -> tuple[np.ndarray, np.ndarray | None]:
         """V and (with a cost critic) V_c of the observations after the segment, 0 past an episode end."""
         if seg.bootstrap_value is not None:
             return seg.bootstrap_value, np.zeros_like(seg.bootstrap_value)
@@ -211,7 +207,7 @@ class Learner:
         stats["shielded"] = stats.get("shielded", 0) + seg.shield_interventions
         for k in ("success", "return", "length", "cost"):
             stats.setdefault("episodes_" + k, []).extend(seg.episodes.get(k, []))
-        boot, cost_boot = self._bootstrap(seg)
+        boot, cost_boot = self.bootstrap_values(seg)
         adv, ret = self.method.advantages(seg, boot)
         cost = None
         if self.method.needs_cost_critic:

@@ -316,6 +316,19 @@ def make_shield(cfg: Any, env: VectorEnv) -> Shield | None:
     return Shield(cfg, model)
 
 
+def note_executed(
+    prev: np.ndarray, actions: np.ndarray, steps: np.ndarray, low: np.ndarray, high: np.ndarray
+) -> None:
+    """Set ``prev`` [n, A] (in place) to each env's last executed action of the chunk ``actions``
+    [n, K, A], clipped to the action box, where the env executed any (``steps`` [n] > 0): the
+    shield's context for the next chunk."""
+    steps = np.asarray(steps, dtype=np.int64)
+    rows = np.flatnonzero(steps > 0)
+    if rows.size:
+        last = np.nan_to_num(np.asarray(actions, dtype=np.float32)[rows, steps[rows] - 1])
+        prev[rows] = np.clip(last, low, high)
+
+
 class ShieldedEnv(VectorEnv):
     """An env whose every chunk passes the shield first.
 
@@ -365,12 +378,8 @@ class ShieldedEnv(VectorEnv):
         steps = np.asarray(info["steps"], dtype=np.int64)
         if "failed" in info:
             steps = np.where(np.asarray(info["failed"], dtype=bool), 0, steps)
-        k = safe.shape[1]
-        executed = np.arange(k)[None, :] < steps[:, None]
-        rows = np.flatnonzero(steps > 0)
-        if rows.size:
-            last = np.nan_to_num(safe[rows, steps[rows] - 1])
-            self._prev[rows] = np.clip(last, self._low, self._high)
+        executed = np.arange(safe.shape[1])[None, :] < steps[:, None]
+        note_executed(self._prev, safe, steps, self._low, self._high)
         self._state = np.array(obs["state"], dtype=np.float32)
         info = {
             **info,

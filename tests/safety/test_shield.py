@@ -13,17 +13,7 @@ from asyncvla.envs.base import ShieldModel
 from asyncvla.envs.episodes import run_episodes
 from asyncvla.safety.shield import Shield, ShieldedEnv, ShieldError, make_shield
 
-TABLETOP = ShieldModel(
-    position_state_dims=(0, 1),
-    position_action_dims=(0, 1),
-    step_scale=(0.05, 0.05),
-    action_low=(-1.0, -1.0, -1.0),
-    action_high=(1.0, 1.0, 1.0),
-    reachable_low=(0.0, 0.0),
-    reachable_high=(1.0, 1.0),
-    gripper_action_dim=2,
-    gripper_close_above=0.0,
-)
+TABLETOP = make_env("tabletop", num_envs=1, max_step=0.05).shield_model()  # the env's own model
 # Scrambled dims, unequal scales, an uneven box, a free dim (2) and a threshold float32 cannot hold.
 OTHER = ShieldModel(
     position_state_dims=(2, 0),
