@@ -102,6 +102,9 @@ class PretrainConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     seed_offset: int = Field(3_000_000, ge=0)
+    augment_shift: int = Field(0, ge=0)
+    """DrQ-style random shift (``asyncvla.augment``): each image moves by up to this many pixels per
+    axis, its pointing labels with it (0: off; at most image_size // 4)."""
 
 
 class SFTConfig(_Strict):
@@ -113,6 +116,9 @@ class SFTConfig(_Strict):
     lr: float = Field(1e-3, gt=0.0)
     seed_offset: int = Field(2_000_000, ge=0)
     """Demo init states start here (disjoint from RL training and evaluation)."""
+    augment_shift: int = Field(0, ge=0)
+    """DrQ-style random shift of the demo images by up to this many pixels per axis, actions
+    unchanged (0: off; at most image_size // 4)."""
 
 
 class TrainConfig(_Strict):
@@ -357,6 +363,14 @@ class Config(_Strict):
             raise ValueError(f"algo.cost_limit: {self.algo.name} ignores it; use algo.name=ppo_lagrangian")
         if self.algo.clip_low >= 1.0:
             raise ValueError("algo.clip_low: must be < 1")
+        size = int(self.env.kwargs.get("image_size", self.policy.kwargs.get("image_size", 64)))
+        for section in ("pretrain", "sft"):
+            shift = getattr(self, section).augment_shift
+            if shift > size // 4:
+                raise ValueError(
+                    f"{section}.augment_shift: {shift} exceeds image_size // 4 = {size // 4} "
+                    f"(image_size {size}: env.kwargs.image_size, 64 when unset)"
+                )
         rt = self.runtime
         if isinstance(rt.sharding, dict):
             for m, workers in rt.sharding.items():

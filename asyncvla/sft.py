@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from asyncvla.augment import random_shifts, shift_obs, shift_points
 from asyncvla.envs import make_env
 from asyncvla.envs.base import ObsBatch
 from asyncvla.envs.episodes import run_episodes
@@ -64,12 +65,18 @@ def behaviour_clone(
     lr: float,
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
+    augment_shift: int = 0,
 ) -> list[float]:
     """Minimise the negative log-likelihood of the expert chunks, -mean(log pi(a_expert | o)).
 
     Counted in gradient steps, not epochs: few-shot data sets hold only tens of decisions.
+    ``augment_shift`` > 0: every minibatch's images are randomly shifted by up to that many pixels
+    (``asyncvla.augment``, per sample), actions unchanged: the expert's move does not depend on
+    where the camera is.
     """
     rng = np.random.default_rng(seed)
+    aug_rng = np.random.default_rng([seed, 1])  # its own stream: augment_shift=0 draws nothing
+    image_keys = getattr(policy, "image_keys", ["image"])
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     n = len(actions)
     losses = []
@@ -81,6 +88,8 @@ def behaviour_clone(
         idx = perm[pos : pos + batch_size]
         pos += batch_size
         mb_obs = take_obs(obs, idx)
+        if augment_shift:
+            mb_obs = shift_obs(mb_obs, random_shifts(len(idx), augment_shift, aug_rng), image_keys)
         out = policy.evaluate(mb_obs, torch.from_numpy(actions[idx]))
         loss = -out.log_probs.mean()
         opt.zero_grad(set_to_none=True)
@@ -103,11 +112,15 @@ def pretrain_grounding(
     lr: float,
     seed: int = 0,
     on_epoch: Callable[[int, float], None] | None = None,
+    augment_shift: int = 0,
 ) -> list[float]:
     """Teach the policy to point: minimise sum_p ||keypoint_p(o) - label_p||^2 over the P labels.
 
     The stand-in for the vision-language pretraining a real VLA inherits from its backbone; it uses
-    labels only (where the named object is, where it goes), never actions.
+    labels only (where the named object is, where it goes, where the gripper is), never actions.
+    ``augment_shift`` > 0: each minibatch's images move by a random (dx, dy) in
+    [-augment_shift, augment_shift]^2 pixels per sample and its labels by (dx, dy) / image_size, so
+    the keypoints learn to follow the content rather than fixed image positions.
     """
     if not hasattr(policy, "point"):
         raise ValueError(f"{type(policy).__name__} has no point() head for grounding pretraining")
@@ -123,8 +136,10 @@ def pretrain_grounding(
     for p in frozen:
         p.requires_grad_(True)
     rng = np.random.default_rng(seed)
+    aug_rng = np.random.default_rng([seed, 1])
+    image_keys = getattr(policy, "image_keys", ["image"])
+    image_size = np.asarray(obs[image_keys[0]]).shape[2]
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    target = torch.from_numpy(points)
     n, n_points = len(points), points.shape[1]
     losses = []
     policy.train()
@@ -133,9 +148,13 @@ def pretrain_grounding(
         total = 0.0
         for start in range(0, n, batch_size):
             idx = perm[start : start + batch_size]
-            mb_obs = take_obs(obs, idx)
+            mb_obs, mb_points = take_obs(obs, idx), points[idx]
+            if augment_shift:
+                shifts = random_shifts(len(idx), augment_shift, aug_rng)
+                mb_obs = shift_obs(mb_obs, shifts, image_keys)
+                mb_points = shift_points(mb_points, shifts, image_size)
             pred = policy.point(mb_obs)[:, :n_points]
-            loss = (pred - target[idx]).pow(2).sum(-1).mean()
+            loss = (pred - torch.from_numpy(mb_points)).pow(2).sum(-1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

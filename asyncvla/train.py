@@ -57,6 +57,7 @@ def run_sft(cfg: Config, policy: Policy, out_dir: Path, console: Console) -> dic
             cfg.sft.lr,
             seed=cfg.seed,
             on_step=lambda e, loss: prog.update(task, advance=1, info=f"nll {loss:.3f}"),
+            augment_shift=cfg.sft.augment_shift,
         )
     save_policy(policy, out_dir, cfg.policy.name)
     info.update(
@@ -97,6 +98,7 @@ def run_pretrain(cfg: Config, policy: Policy, console: Console) -> dict[str, flo
             cfg.pretrain.lr,
             seed=cfg.seed,
             on_epoch=lambda e, loss: prog.update(task, advance=1, info=f"point mse {loss:.4f}"),
+            augment_shift=cfg.pretrain.augment_shift,
         )
     return {
         "pretrain_samples": len(points),

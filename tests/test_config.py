@@ -30,6 +30,25 @@ def test_cross_field_error_names_both_keys() -> None:
         load_config(None, ["algo.name=grpo", "env.num_envs=10", "algo.group_size=4"])
 
 
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["pretrain.augment_shift=-1"], "pretrain.augment_shift: Input should be greater than or equal to 0"),
+        (["sft.augment_shift=17"], "sft.augment_shift: 17 exceeds image_size // 4 = 16 (image_size 64"),
+        (
+            ["env.kwargs.image_size=32", "pretrain.augment_shift=9"],
+            "pretrain.augment_shift: 9 exceeds image_size // 4 = 8 (image_size 32",
+        ),
+    ],
+)
+def test_augment_shift_is_bounded_by_a_quarter_image(overrides: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert str(e.value).startswith(expected) and "\n" not in str(e.value), str(e.value)
+    cfg = load_config(None, ["pretrain.augment_shift=16", "sft.augment_shift=0"])
+    assert (cfg.pretrain.augment_shift, cfg.sft.augment_shift) == (16, 0)
+
+
 def test_overrides_are_typed_and_nested(tmp_path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("name: x\nalgo:\n  lr: 0.001\nenv:\n  kwargs:\n    family: reach\n")

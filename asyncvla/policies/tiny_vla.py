@@ -162,6 +162,7 @@ class TinyVLA(Policy):
         freeze_encoder: bool = False,
         fine_keypoints: bool = True,
         ee_xy_dims: Sequence[int] | None = None,
+        ee_keypoint: int | None = None,
         n_keypoints: int = 8,
         fusion_grid: int | None = None,
         cost_critic: bool = False,
@@ -190,6 +191,7 @@ class TinyVLA(Policy):
             "freeze_encoder": bool(freeze_encoder),
             "fine_keypoints": bool(fine_keypoints),
             "ee_xy_dims": None if ee_xy_dims is None else [int(d) for d in ee_xy_dims],
+            "ee_keypoint": None if ee_keypoint is None else int(ee_keypoint),
             "n_keypoints": int(n_keypoints),
             "fusion_grid": None if fusion_grid is None else int(fusion_grid),
             "cost_critic": bool(cost_critic),
@@ -260,9 +262,21 @@ class TinyVLA(Policy):
         # (slope RELATIVE_GAIN, bounded by RELATIVE_BOUND): "object minus gripper" is what the
         # controller acts on (behaviour cloning on 500 `object` demos over frozen keypoints: 0.87
         # success with these features, 0.44 from absolute keypoints and state alone).
+        #
+        # ``ee_keypoint`` (exclusive with ``ee_xy_dims``): the index of the keypoint that tracks the
+        # end effector in the first camera (grounding pretraining supervises it with the gripper's
+        # image position). The relative features are then image minus image: under a camera shift
+        # by t every keypoint p_k moves to p_k + t (the encoder is trained shift-equivariant by
+        # ``pretrain.augment_shift``) and p_k - p_ee is unchanged, while p_k - state[ee] would be off
+        # by t. For the same reason the first camera's absolute keypoints are left out of the
+        # geometry (other cameras keep theirs): only shift-invariant inputs, the relative
+        # keypoints and the state, reach the action head.
         self.ee_xy_dims = self._kwargs["ee_xy_dims"]
-        n_rel = 2 * self.n_keypoints if self.ee_xy_dims is not None else 0
-        geo = 2 * self.n_keypoints * len(image_keys) + n_rel + state_dim
+        self.ee_keypoint = self._kwargs["ee_keypoint"]
+        relative = self.ee_xy_dims is not None or self.ee_keypoint is not None
+        n_rel = 2 * self.n_keypoints if relative else 0
+        n_abs = 2 * self.n_keypoints * (len(image_keys) - (self.ee_keypoint is not None))
+        geo = n_abs + n_rel + state_dim
         self.keypoint_mlp = nn.Sequential(nn.Linear(geo, width), nn.GELU())
 
         # The head also sees the raw keypoints and state: relative geometry ("object minus gripper")
@@ -326,7 +340,9 @@ class TinyVLA(Policy):
             # Move uint8 to the device first: 4x less to transfer than float32.
             img = torch.as_tensor(np.asarray(obs[key]) if not torch.is_tensor(obs[key]) else obs[key])
             frames.append(img.to(self.device, non_blocking=True))
-        x = torch.cat(frames, dim=0).permute(0, 3, 1, 2).float().div_(255.0)
+        x = torch.cat(frames, dim=0).permute(0, 3, 1, 2)
+        # uint8 from the env; float images (``mean_action``) are already in [0, 1] and keep their graph.
+        x = x if x.is_floating_point() else x.float().div_(255.0)
         if x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
         return x
@@ -459,10 +475,15 @@ class TinyVLA(Policy):
         for block in self.blocks:
             tokens = block(tokens, attend)
         out = self.final_norm(tokens)
-        keypoints = points.transpose(0, 1).reshape(b, -1)
+        # Absolute keypoints [B, n_abs] (the first camera's dropped with ``ee_keypoint``).
+        keypoints = (points[1:] if self.ee_keypoint is not None else points).transpose(0, 1).reshape(b, -1)
         geo = [4.0 * (keypoints - 0.5)]
-        if self.ee_xy_dims is not None:
-            ee = state[:, self.ee_xy_dims]  # [B, 2]
+        ee = None
+        if self.ee_keypoint is not None:
+            ee = points[0, :, self.ee_keypoint]  # [B, 2], in the image
+        elif self.ee_xy_dims is not None:
+            ee = state[:, self.ee_xy_dims]  # [B, 2], from the state
+        if ee is not None:
             rel = (points[0] - ee[:, None]) * (RELATIVE_GAIN / RELATIVE_BOUND)
             geo.append((RELATIVE_BOUND * torch.tanh(rel)).flatten(1))
         geo.append(state)
@@ -522,6 +543,12 @@ class TinyVLA(Policy):
             cost_values=None if self.cost_head is None else self.cost_head(feats).squeeze(-1),
         )
 
+    def mean_action(self, obs: ObsBatch, images: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The head's mean chunk [B, K, A] (``ActionHead.mean``), differentiable in ``images``
+        (float [B, H, W, 3] in [0, 1] per camera key, in place of ``obs[key]``)."""
+        feats = self._encode({**obs, **(images or {})})[0]
+        return self.head.mean(self.head(feats[:, self.action_from :]))
+
 
 def _jsonable(bound: float | Sequence[float]) -> float | list[float]:
     """A scalar or per-dimension bound as plain Python floats (numpy arrays are accepted too)."""
@@ -569,6 +596,18 @@ def _validate(args: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"width ({args['width']}) must be divisible by n_heads ({args['n_heads']})")
     if args["fusion_grid"] is not None:
         positive("fusion_grid")
+    kp = args["ee_keypoint"]
+    if kp is not None and (
+        isinstance(kp, bool) or not isinstance(kp, (int, np.integer)) or not 0 <= kp < args["n_keypoints"]
+    ):
+        raise ValueError(
+            f"ee_keypoint must be None or a keypoint index in [0, {args['n_keypoints']}), got {kp!r}"
+        )
+    if kp is not None and args["ee_xy_dims"] is not None:
+        raise ValueError(
+            "ee_keypoint and ee_xy_dims are exclusive (the end effector from the image or from the "
+            "state); set one to None"
+        )
     dims = args["ee_xy_dims"]
     if dims is not None and (
         isinstance(dims, str)

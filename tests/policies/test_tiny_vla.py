@@ -209,6 +209,41 @@ def test_ee_xy_dims_add_keypoints_relative_to_the_end_effector() -> None:
     assert policy.action_from == 2 * w  # the action head reads every feature from kp_feat on
 
 
+def test_ee_keypoint_geometry_is_unchanged_when_the_whole_picture_shifts() -> None:
+    """With ``ee_keypoint`` the head reads keypoints relative to the gripper keypoint: moving every
+    keypoint by the same t (a camera shift seen by a shift-equivariant encoder) changes none of the
+    action head's inputs. With ``ee_xy_dims`` (gripper from the state) the same move does."""
+    obs = fake_obs(3, seed=6)
+    t = torch.tensor([0.0625, -0.03])
+    outputs = {}
+    for name, kwargs in (("image", {"ee_keypoint": 2}), ("state", {"ee_xy_dims": [0, 1]})):
+        policy = small_policy("gaussian", freeze_encoder=True, **kwargs)
+        with torch.no_grad():
+            cached = policy.frozen_features(obs)
+            moved = {**cached, "points": cached["points"] + t}
+            feats, points, _ = policy._encode(obs, cached)
+            feats_moved = policy._encode(obs, moved)[0]
+            outputs[name] = (policy, feats, feats_moved, points)
+    policy, feats, feats_moved, points = outputs["image"]
+    w, n_kp = policy.width, policy.n_keypoints
+    # [CLS, mean image token, keypoint features, relative keypoints, state]: no absolute keypoints.
+    assert feats.shape == (3, 3 * w + 2 * n_kp + 4)
+    expected = (2.0 * torch.tanh(5.0 * (points - points[:, 2:3]))).flatten(1)
+    torch.testing.assert_close(feats[:, 3 * w : 3 * w + 2 * n_kp], expected)
+    assert expected.abs().max() > 0.1 and not expected[:, 4:6].any()  # keypoint 2 is the origin
+    torch.testing.assert_close(feats_moved[:, policy.action_from :], feats[:, policy.action_from :])
+    policy, feats, feats_moved, _ = outputs["state"]
+    assert not torch.allclose(feats_moved[:, policy.action_from :], feats[:, policy.action_from :])
+
+
+def test_ee_keypoint_keeps_the_other_cameras_absolute_keypoints() -> None:
+    policy = small_policy("gaussian", image_keys=["image", "wrist_image"], ee_keypoint=0, n_keypoints=3)
+    with torch.no_grad():
+        feats = policy.features(fake_obs(2, wrist=True))
+    # + 3 absolute wrist keypoints + 3 relative main-camera keypoints + state
+    assert feats.shape == (2, 3 * policy.width + 2 * 3 + 2 * 3 + 4)
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -290,6 +325,11 @@ def test_param_count_presets() -> None:
         ({"vocabulary": "pick up"}, "vocabulary"),
         ({"ee_xy_dims": [0, 4]}, "ee_xy_dims"),
         ({"ee_xy_dims": [0]}, "ee_xy_dims"),
+        ({"ee_keypoint": 8}, "ee_keypoint"),
+        ({"ee_keypoint": -1}, "ee_keypoint"),
+        ({"ee_keypoint": True}, "ee_keypoint"),
+        ({"ee_keypoint": 2, "n_keypoints": 2}, r"ee_keypoint .*\[0, 2\)"),
+        ({"ee_keypoint": 0, "ee_xy_dims": [0, 1]}, "ee_keypoint and ee_xy_dims are exclusive"),
         ({"n_keypoints": 0}, "n_keypoints"),
         ({"fusion_grid": 0}, "fusion_grid"),
     ],

@@ -339,18 +339,22 @@ class TabletopVecEnv(VectorEnv):
         return out
 
     def pointing_targets(self) -> np.ndarray:
-        """float32 [n, 2, 2]: (x, y) in [0, 1] image coordinates (x right, y down) of the current
-        subgoal's object and of where it must go (the touch point for touch goals).
+        """float32 [n, 3, 2]: (x, y) in [0, 1] image coordinates (x right, y down) of the current
+        subgoal's object, of where it must go (the touch point for touch goals) and of the gripper.
 
-        Labels for grounding pretraining ("point at the object the instruction names"), the skill a
-        real VLA inherits from its vision-language backbone.
+        Labels for grounding pretraining ("point at the object the instruction names", "where is the
+        gripper"), the skill a real VLA inherits from its vision-language backbone. A table point v
+        is drawn at ``(v * scale + offset) / image_size`` (the view's zoom and camera shift; the
+        identity without them), so the labels follow the picture.
         """
-        out = np.empty((self.num_envs, 2, 2), dtype=np.float32)
+        out = np.empty((self.num_envs, 3, 2), dtype=np.float32)
         for i, slot in enumerate(self._slots):
             ep = slot.episode
             goal = ep.subgoals[min(ep.stage, len(ep.subgoals) - 1)]
             out[i, 0] = ep.pos[goal.target]
             out[i, 1] = goal.point
+            out[i, 2] = (ep.gx, ep.gy)
+            out[i] = (out[i] * slot.view.scale + slot.view.offset) / self.image_size
         return out
 
     def describe(self, i: int) -> dict[str, Any]:
