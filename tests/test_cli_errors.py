@@ -82,12 +82,21 @@ def _one_error_line(r, *expected):
             ["soak", "configs/quickstart.yaml", "--minutes", "1", "--warmup", "1"],
             ["--minutes 1", "--warmup 1"],
         ),
+        (["explain", "no/such/checkpoint"], ["no/such/checkpoint", "no policy.json"]),
+        (["explain", "no/such/checkpoint", "--frames", "0"], ["--frames 0", ">= 1"]),
     ],
 )
 def test_every_command_refuses_a_bad_value_with_one_line(args, expected, tmp_path):
     r = CliRunner().invoke(
         app,
-        [*args, *(["--out", str(tmp_path / "o")] if args[0] in ("compare", "sft", "safe-compare") else [])],
+        [
+            *args,
+            *(
+                ["--out", str(tmp_path / "o")]
+                if args[0] in ("compare", "sft", "safe-compare", "explain")
+                else []
+            ),
+        ],
     )
     _one_error_line(r, *expected)
     assert not (tmp_path / "o").exists()

@@ -89,6 +89,17 @@ class Policy(nn.Module, ABC):
         """
         return None
 
+    def mean_action(self, obs: ObsBatch, images: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The action chunk [B, K, A] as a differentiable function of the images: the deterministic
+        action, or for a discrete head its smooth counterpart (the expectation over the bins).
+
+        ``images``: float [B, H, W, 3] in [0, 1] per camera key, read instead of the uint8
+        ``obs[key]`` (same layout, divided by 255); gradients flow back to them. Used by
+        ``asyncvla explain`` (integrated gradients). Optional: policies without it raise."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no differentiable mean_action (needed by `asyncvla explain`)"
+        )
+
     def on_placed(self, role: str) -> None:  # noqa: B027 (optional hook, empty by default)
         """Called by the runtime once a worker holds this copy (``"rollout"`` or ``"trainer"``)."""
 

@@ -3,7 +3,8 @@
 Both heads share one interface, so the policy never branches on the head type:
   - ``forward(features [B, F]) -> params`` (the distribution parameters, differentiable),
   - ``sample(params, deterministic) -> (actions [B, K, A], log_probs [B, K, A])``,
-  - ``log_prob_entropy(params, actions [B, K, A]) -> (log_probs [B, K, A], entropy [B, K, A])``.
+  - ``log_prob_entropy(params, actions [B, K, A]) -> (log_probs [B, K, A], entropy [B, K, A])``,
+  - ``mean(params) -> actions [B, K, A]``, a differentiable point estimate (for attributions).
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class ActionHead(nn.Module, ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs of ``actions`` [B, K, A] and per-token entropy [B, K, A]."""
 
+    @abstractmethod
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """The distribution's mean [B, K, A], differentiable in ``params``."""
+
 
 class TokenHead(ActionHead):
     """OpenVLA-style discrete actions: each dimension is split into ``n_bins`` uniform bins on [low, high].
@@ -110,6 +115,14 @@ class TokenHead(ActionHead):
         dist = bins_distribution(params)
         return dist.log_prob(self.to_bins(actions)), dist.entropy()
 
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """E[a] = sum_b softmax(logits)_b * centre_b per token: smooth in the logits, unlike the
+        argmax bin that ``sample(deterministic=True)`` returns (the two agree as the bins' distribution
+        becomes one-hot)."""
+        ids = torch.arange(self.n_bins, device=params.device, dtype=params.dtype)
+        centres = self.low[:, None] + (ids + 0.5) * self.bin_width[:, None]  # [A, n_bins]
+        return (params.softmax(-1) * centres).sum(-1)
+
 
 class GaussianHead(ActionHead):
     """Diagonal Gaussian on raw (unsquashed) actions with a state-independent learned log-std [K, A].
@@ -149,6 +162,10 @@ class GaussianHead(ActionHead):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         dist = self.distribution(params)
         return dist.log_prob(actions), dist.entropy()
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """The Gaussian's mean, what ``sample(deterministic=True)`` returns."""
+        return params[..., 0]
 
 
 def bins_distribution(logits: torch.Tensor) -> Categorical:
