@@ -1,10 +1,15 @@
 """DrQ-style random shift augmentation (Kostrikov et al. 2020) of uint8 image batches.
 
-Each image is padded by ``s`` pixels on every side with edge replication and cropped back to its
-size at a random offset, so its content moves by an independent integer ``(dx, dy)`` in
-``[-s, s]^2`` per sample:
+Each image is padded by ``s`` pixels on every side and cropped back to its size at a random
+offset, so its content moves by an independent integer ``(dx, dy)`` in ``[-s, s]^2`` per sample:
 
-    out[y, x] = img[clip(y - dy, 0, H - 1), clip(x - dx, 0, W - 1)]
+    out[y, x] = img[clip(y - dy, 0, H - 1), clip(x - dx, 0, W - 1)]     (pad="edge", DrQ)
+    out[y, x] = img[y - dy, x - dx], 0 outside the image                 (pad="zero")
+
+``zero`` shows what a real camera shift shows at the border: something that is not the scene (the
+tabletop draws its dark floor there). Edge replication extends the scene instead, and a keypoint
+trained only on it can lock onto an unseen dark border strip (the tabletop's dark basket outline
+looks alike; docs/robustness.md).
 
 The same convention as the tabletop's ``camera_shift`` perturbation (content moves by +N pixels).
 Points in [0, 1] image coordinates move with the content: ``p + (dx, dy) / (W, H)``.
@@ -18,6 +23,8 @@ import numpy as np
 
 from asyncvla.envs.base import ObsBatch
 
+PADS = ("edge", "zero")
+
 
 def random_shifts(batch: int, max_shift: int, rng: np.random.Generator) -> np.ndarray:
     """int64 [B, 2]: per-sample (dx, dy), each uniform in [-max_shift, max_shift]."""
@@ -26,30 +33,35 @@ def random_shifts(batch: int, max_shift: int, rng: np.random.Generator) -> np.nd
     return rng.integers(-max_shift, max_shift + 1, size=(batch, 2))
 
 
-def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+def shift_images(images: np.ndarray, shifts: np.ndarray, pad: str = "edge") -> np.ndarray:
     """uint8 [B, H, W, C] images, int [B, 2] (dx, dy) -> the shifted images [B, H, W, C] (a new array).
 
-    Pad-and-crop: the pad is ``max |shift|``, the crop of sample b starts at ``(pad - dy, pad - dx)``.
+    Pad-and-crop: the pad is ``max |shift|`` (``pad``: ``edge`` replication or ``zero``), the crop of
+    sample b starts at ``(pad - dy, pad - dx)``.
     """
+    if pad not in PADS:
+        raise ValueError(f"pad must be one of {PADS}, got {pad!r}")
     images = np.asarray(images)
     shifts = np.asarray(shifts, dtype=np.int64)
     if images.ndim != 4 or shifts.shape != (images.shape[0], 2):
         raise ValueError(f"images must be [B, H, W, C] and shifts [B, 2], got {images.shape}, {shifts.shape}")
     b, h, w, _ = images.shape
-    pad = int(np.abs(shifts).max()) if b else 0
-    if pad == 0:
+    n = int(np.abs(shifts).max()) if b else 0
+    if n == 0:
         return images.copy()
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    padded = np.pad(images, ((0, 0), (n, n), (n, n), (0, 0)), mode="edge" if pad == "edge" else "constant")
     out = np.empty_like(images)
     for i, (dx, dy) in enumerate(shifts.tolist()):
-        out[i] = padded[i, pad - dy : pad - dy + h, pad - dx : pad - dx + w]
+        out[i] = padded[i, n - dy : n - dy + h, n - dx : n - dx + w]
     return out
 
 
-def shift_obs(obs: ObsBatch, shifts: np.ndarray, image_keys: Sequence[str] = ("image",)) -> ObsBatch:
+def shift_obs(
+    obs: ObsBatch, shifts: np.ndarray, image_keys: Sequence[str] = ("image",), pad: str = "edge"
+) -> ObsBatch:
     """A copy of ``obs`` with the ``image_keys`` images shifted by ``shifts`` [B, 2] (state and
     instruction unchanged: a camera shift moves the picture, not the robot)."""
-    return {**obs, **{k: shift_images(obs[k], shifts) for k in image_keys if k in obs}}
+    return {**obs, **{k: shift_images(obs[k], shifts, pad) for k in image_keys if k in obs}}
 
 
 def shift_points(points: np.ndarray, shifts: np.ndarray, image_size: int) -> np.ndarray:

@@ -105,6 +105,9 @@ class PretrainConfig(_Strict):
     augment_shift: int = Field(0, ge=0)
     """DrQ-style random shift (``asyncvla.augment``): each image moves by up to this many pixels per
     axis, its pointing labels with it (0: off; at most image_size // 4)."""
+    augment_pad: Literal["edge", "zero"] = "edge"
+    """What the shifted image shows where it uncovers the border: the edge pixels repeated (DrQ) or
+    black (``zero``: like a camera that sees beyond the scene)."""
 
 
 class SFTConfig(_Strict):
@@ -119,6 +122,8 @@ class SFTConfig(_Strict):
     augment_shift: int = Field(0, ge=0)
     """DrQ-style random shift of the demo images by up to this many pixels per axis, actions
     unchanged (0: off; at most image_size // 4)."""
+    augment_pad: Literal["edge", "zero"] = "edge"
+    """As ``pretrain.augment_pad``."""
 
 
 class TrainConfig(_Strict):

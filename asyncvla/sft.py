@@ -66,13 +66,14 @@ def behaviour_clone(
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
     augment_shift: int = 0,
+    augment_pad: str = "edge",
 ) -> list[float]:
     """Minimise the negative log-likelihood of the expert chunks, -mean(log pi(a_expert | o)).
 
     Counted in gradient steps, not epochs: few-shot data sets hold only tens of decisions.
     ``augment_shift`` > 0: every minibatch's images are randomly shifted by up to that many pixels
     (``asyncvla.augment``, per sample), actions unchanged: the expert's move does not depend on
-    where the camera is.
+    where the camera is. ``augment_pad``: what the border shows (``asyncvla.augment``).
     """
     rng = np.random.default_rng(seed)
     aug_rng = np.random.default_rng([seed, 1])  # its own stream: augment_shift=0 draws nothing
@@ -89,7 +90,8 @@ def behaviour_clone(
         pos += batch_size
         mb_obs = take_obs(obs, idx)
         if augment_shift:
-            mb_obs = shift_obs(mb_obs, random_shifts(len(idx), augment_shift, aug_rng), image_keys)
+            shifts = random_shifts(len(idx), augment_shift, aug_rng)
+            mb_obs = shift_obs(mb_obs, shifts, image_keys, augment_pad)
         out = policy.evaluate(mb_obs, torch.from_numpy(actions[idx]))
         loss = -out.log_probs.mean()
         opt.zero_grad(set_to_none=True)
@@ -113,6 +115,7 @@ def pretrain_grounding(
     seed: int = 0,
     on_epoch: Callable[[int, float], None] | None = None,
     augment_shift: int = 0,
+    augment_pad: str = "edge",
 ) -> list[float]:
     """Teach the policy to point: minimise sum_p ||keypoint_p(o) - label_p||^2 over the P labels.
 
@@ -120,7 +123,8 @@ def pretrain_grounding(
     labels only (where the named object is, where it goes, where the gripper is), never actions.
     ``augment_shift`` > 0: each minibatch's images move by a random (dx, dy) in
     [-augment_shift, augment_shift]^2 pixels per sample and its labels by (dx, dy) / image_size, so
-    the keypoints learn to follow the content rather than fixed image positions.
+    the keypoints learn to follow the content rather than fixed image positions (``augment_pad``:
+    what the uncovered border shows, ``asyncvla.augment``).
     """
     if not hasattr(policy, "point"):
         raise ValueError(f"{type(policy).__name__} has no point() head for grounding pretraining")
@@ -151,7 +155,7 @@ def pretrain_grounding(
             mb_obs, mb_points = take_obs(obs, idx), points[idx]
             if augment_shift:
                 shifts = random_shifts(len(idx), augment_shift, aug_rng)
-                mb_obs = shift_obs(mb_obs, shifts, image_keys)
+                mb_obs = shift_obs(mb_obs, shifts, image_keys, augment_pad)
                 mb_points = shift_points(mb_points, shifts, image_size)
             pred = policy.point(mb_obs)[:, :n_points]
             loss = (pred - torch.from_numpy(mb_points)).pow(2).sum(-1).mean()

@@ -49,3 +49,12 @@ def test_shifted_labels_match_the_env_rendered_with_a_camera_shift():
         shift_points(plain.pointing_targets(), shifts, 64), moved.pointing_targets(), atol=1e-6
     )
     assert shift_points(plain.pointing_targets(), shifts, 64).dtype == np.float32
+
+
+def test_zero_padding_shows_black_beyond_the_border():
+    images = np.full((2, 6, 6, 3), 200, dtype=np.uint8)
+    out = shift_images(images, np.array([[2, 1], [-1, 0]]), pad="zero")
+    assert (out[0, :1] == 0).all() and (out[0, :, :2] == 0).all() and (out[0, 1:, 2:] == 200).all()
+    assert (out[1, :, 5:] == 0).all() and (out[1, :, :5] == 200).all()
+    with pytest.raises(ValueError, match="pad must be one of"):
+        shift_images(images, np.zeros((2, 2), int), pad="wrap")
