@@ -11,6 +11,7 @@ from asyncvla.envs import make_env
 from asyncvla.envs.episodes import run_episodes
 from asyncvla.policies import Policy
 from asyncvla.safety.shield import ShieldedEnv, make_shield
+from asyncvla.stats import wilson_interval
 
 
 def evaluate_policy(
@@ -52,22 +53,3 @@ def evaluate_policy(
         "episode_cost": float(vals[:, 3].mean()),
         "episodes": float(len(vals)),
     }
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a success rate p = k / n (95% for z = 1.96)::
-
-        centre = (p + z^2 / 2n) / (1 + z^2 / n)
-        half   = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / 4n^2)
-
-    Unlike p +- z sqrt(p (1 - p) / n) it stays inside [0, 1] and does not collapse at p = 0 or 1.
-    """
-    if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
-    if not 0 <= successes <= n:
-        raise ValueError(f"successes must be in [0, {n}], got {successes}")
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z / denom * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))

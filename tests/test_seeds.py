@@ -5,8 +5,8 @@ import pytest
 from typer.testing import CliRunner
 
 from asyncvla.cli import app
-from asyncvla.evaluation import wilson_interval
 from asyncvla.seeds import bootstrap_mean, bootstrap_paired, seed_statistics
+from asyncvla.stats import wilson_interval
 
 
 def test_wilson_interval_matches_hand_computed_values():

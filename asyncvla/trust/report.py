@@ -164,7 +164,7 @@ def quick_eval_ci(rate: float, episodes: int) -> tuple[float, float] | None:
     """The Wilson 95% interval of a periodic evaluation (its success count is rate * episodes)."""
     if episodes <= 0:
         return None
-    from asyncvla.evaluation import wilson_interval
+    from asyncvla.stats import wilson_interval
 
     k = min(episodes, max(0, round(rate * episodes)))
     return wilson_interval(k, episodes)
