@@ -128,6 +128,8 @@ def pretrain_grounding(
     """
     if not hasattr(policy, "point"):
         raise ValueError(f"{type(policy).__name__} has no point() head for grounding pretraining")
+    # A policy supervises the leading labels it reads (``pointing_labels``; default: all of them).
+    points = points[:, : getattr(policy, "pointing_labels", points.shape[1])]
     with torch.no_grad():
         n_kp = policy.point(take_obs(obs, np.arange(1))).shape[1]
     if n_kp < points.shape[1]:

@@ -87,10 +87,27 @@ def test_pretraining_needs_a_keypoint_per_label():
     obs, points, _ = collect_demos("tabletop", {"family": "object"}, 2, 4, seed_offset=0, with_points=True)
     assert points.shape[1] == 3
     before = {k: v.clone() for k, v in policy.state_dict().items()}
-    with pytest.raises(ValueError, match=r"1 keypoints, fewer than the 3 pointing labels.*n_keypoints"):
+    # Without ee_keypoint the policy reads the object and goal labels only (pointing_labels 2).
+    assert policy.pointing_labels == 2
+    with pytest.raises(ValueError, match=r"1 keypoints, fewer than the 2 pointing labels.*n_keypoints"):
         pretrain_grounding(policy, obs, points, epochs=1, batch_size=16, lr=1e-3)
     assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())  # nothing trained
     assert not any(p.requires_grad for p in policy.cnn.parameters())  # still frozen
+
+
+def test_pretraining_supervises_the_gripper_label_only_for_a_gripper_keypoint():
+    obs, points, _ = collect_demos("tabletop", {"family": "object"}, 2, 4, seed_offset=0, with_points=True)
+    for extra, labels in ((("policy.kwargs.n_keypoints=3",), 2), (("policy.kwargs.ee_keypoint=2",), 3)):
+        _, policy = _policy("policy.kwargs.n_keypoints=3", *extra)
+        assert policy.pointing_labels == labels
+        # lr 0 and one minibatch: the epoch's loss is the loss of the untouched policy, a sum of
+        # squared errors over the supervised labels only.
+        loss = pretrain_grounding(policy, obs, points, epochs=1, batch_size=len(points), lr=0.0)[0]
+        with torch.no_grad():
+            pred = policy.point(obs)
+        for k, sums in ((labels, True), (5 - labels, False)):
+            expected = float((pred[:, :k] - torch.from_numpy(points[:, :k])).pow(2).sum(-1).mean())
+            assert (loss == pytest.approx(expected, rel=1e-5)) is sums
 
 
 class _BrightestPixel(torch.nn.Module):

@@ -273,6 +273,8 @@ class TinyVLA(Policy):
         # keypoints and the state, reach the action head.
         self.ee_xy_dims = self._kwargs["ee_xy_dims"]
         self.ee_keypoint = self._kwargs["ee_keypoint"]
+        # Grounding labels come as (object, goal, gripper): the gripper's only when a keypoint reads it.
+        self.pointing_labels = 2 if self.ee_keypoint is None else max(2, self.ee_keypoint + 1)
         relative = self.ee_xy_dims is not None or self.ee_keypoint is not None
         n_rel = 2 * self.n_keypoints if relative else 0
         n_abs = 2 * self.n_keypoints * (len(image_keys) - (self.ee_keypoint is not None))

@@ -48,11 +48,13 @@ class WordTokenizer:
         return len(self.word_to_id) + 2
 
     def encode(self, text: str) -> tuple[int, ...]:
-        """Ids of ``text``, truncated to and right-padded with ``<pad>`` to ``max_len``."""
+        """Ids of ``text``, truncated to and right-padded with ``<pad>`` to ``max_len`` (an empty
+        text is ``<unk>``)."""
         ids = self._cache.get(text)
         if ids is None:
             words = normalize_words(text)[: self.max_len]
-            row = [self.word_to_id.get(w, UNK_ID) for w in words]
+            # An empty instruction is one <unk>: a row of padding only would mask every word.
+            row = [self.word_to_id.get(w, UNK_ID) for w in words] or [UNK_ID]
             ids = tuple(row + [PAD_ID] * (self.max_len - len(row)))
             if len(self._cache) >= self.max_cache_entries:
                 self._cache.clear()
