@@ -321,28 +321,24 @@ def sft(
     console.print(f"checkpoint: [bold]{path}[/bold]  (use train.init={path})")
 
 
-@app.command("eval")
-def eval_cmd(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint directory (model.safetensors + policy.json)."),
-    episodes: int = typer.Option(100, "--episodes", min=1),
-    config: Path | None = typer.Option(None, "--config", help="Config for the env (default: the run's)."),
-    overrides: list[str] | None = typer.Argument(None, help="key=value overrides of the env config"),
-    no_verify: bool = typer.Option(
-        False, "--no-verify", help="Load the checkpoint even if it does not match its run's audit log."
-    ),
-) -> None:
-    """Evaluate a checkpoint deterministically on held-out init states."""
-    from asyncvla.builder import check_fits, evaluate, probe_env
-    from asyncvla.policies import load_policy
-    from asyncvla.trust.audit import verify_checkpoint
-
+def _run_config(checkpoint: Path, config: Path | None, overrides: list[str] | None) -> Config:
+    """The config a checkpoint's env comes from: ``config``, else the run's ``config.yaml`` above it."""
     cfg_path = config
     if cfg_path is None:
         for parent in checkpoint.resolve().parents:
             if (parent / "config.yaml").is_file():
                 cfg_path = parent / "config.yaml"
                 break
-    cfg = _config(cfg_path, overrides) if cfg_path else _config(None, overrides)  # type: ignore[arg-type]
+    return _config(cfg_path, overrides) if cfg_path else _config(None, overrides)  # type: ignore[arg-type]
+
+
+def _load_checked(cfg: Config, checkpoint: Path, no_verify: bool):
+    """The checkpoint's policy, verified against its run's audit log and checked to fit the env;
+    bad input fails with one line."""
+    from asyncvla.builder import check_fits, probe_env
+    from asyncvla.policies import load_policy
+    from asyncvla.trust.audit import verify_checkpoint
+
     try:
         env = probe_env(cfg)
         try:
@@ -354,10 +350,122 @@ def eval_cmd(
             env.close()
     except (ConfigError, FileNotFoundError, CheckpointError, AuditError) as e:
         _fail(e)
-    res = evaluate(cfg, policy, episodes)
-    res["checkpoint"] = str(checkpoint)
-    res["policy_version"] = policy.version
-    console.print_json(json.dumps(res))
+    return policy
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint directory (model.safetensors + policy.json)."),
+    episodes: int | None = typer.Option(
+        None, "--episodes", min=1, help="Episodes (per cell with --suite; default 100, suites 300)."
+    ),
+    config: Path | None = typer.Option(None, "--config", help="Config for the env (default: the run's)."),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides of the env config"),
+    no_verify: bool = typer.Option(
+        False, "--no-verify", help="Load the checkpoint even if it does not match its run's audit log."
+    ),
+    suite: str | None = typer.Option(
+        None, "--suite", help="Evaluation suite: robustness, generalization, groups or language."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output directory of a suite (<suite>.json/.csv/.png)."
+    ),
+    axis: list[str] | None = typer.Option(None, "--axis", help="robustness: only these axes (repeatable)."),
+    strengths: str | None = typer.Option(
+        None, "--strengths", help="robustness: comma-separated strengths of the one --axis."
+    ),
+    workers: int = typer.Option(
+        0, "--workers", min=0, help="Suite processes (0: one per core, 1: this one)."
+    ),
+) -> None:
+    """Evaluate a checkpoint deterministically on held-out init states; with --suite, run an
+    evaluation suite over matched episodes and write its table, JSON and figure to --out."""
+    from asyncvla.builder import evaluate
+
+    cfg = _run_config(checkpoint, config, overrides)
+    if suite is None:
+        if out is not None or axis or strengths is not None:
+            _fail(ConfigError("--out, --axis and --strengths need --suite"))
+        policy = _load_checked(cfg, checkpoint, no_verify)
+        res = evaluate(cfg, policy, episodes or 100)
+        res["checkpoint"] = str(checkpoint)
+        res["policy_version"] = policy.version
+        console.print_json(json.dumps(res))
+        return
+    _eval_suite(cfg, checkpoint, no_verify, suite, out, episodes or 300, axis, strengths, workers)
+
+
+def _eval_suite(
+    cfg: Config,
+    checkpoint: Path,
+    no_verify: bool,
+    suite: str,
+    out: Path | None,
+    episodes: int,
+    axis: list[str] | None,
+    strengths: str | None,
+    workers: int,
+) -> None:
+    import os
+
+    from rich.table import Table
+
+    from asyncvla.envs import ENVS
+    from asyncvla.trust.suites import SUITES, run_suite
+
+    if suite not in SUITES:
+        _fail(ConfigError(f"--suite {suite!r}: allowed: {', '.join(SUITES.names())}"))
+    if out is None:
+        _fail(ConfigError("--suite needs --out DIR"))
+    values = None
+    if strengths is not None:
+        try:
+            values = [float(x) for x in strengths.split(",")]
+        except ValueError:
+            _fail(ConfigError(f"--strengths: comma-separated numbers, got {strengths!r}"))
+    policy = _load_checked(cfg, checkpoint, no_verify)
+    trained = {
+        "rl": [cfg.env.kwargs.get("family")],
+        "grounding": cfg.pretrain.families if cfg.pretrain.enabled else [],
+    }
+    n_workers = workers or min(os.cpu_count() or 1, 8)
+    try:
+        res = run_suite(
+            suite,
+            cfg.env.name,
+            ENVS.get(cfg.env.name),
+            dict(cfg.env.kwargs),
+            episodes,
+            cfg.eval.seed_offset,
+            out,
+            policy=policy,
+            checkpoint=checkpoint,
+            workers=n_workers,
+            deterministic=cfg.eval.deterministic,
+            shield=cfg.safety.shield if cfg.safety.shield.enabled else None,
+            context={"axes": axis or None, "strengths": values, "trained": trained},
+        )
+    except (KeyError, ValueError) as e:
+        _fail(ConfigError(str(e).strip("'\"")))
+    table = Table(title=f"{suite}: {checkpoint} ({episodes} episodes per cell)")
+    columns = [c for c in SUITES.get(suite).columns if any(r.get(c) is not None for r in res["rows"])]
+    for c in columns:
+        table.add_column(c)
+    for row in res["rows"]:
+        table.add_row(
+            *(
+                "" if row.get(c) is None else f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])
+                for c in columns
+            )
+        )
+    console.print(table, width=max(console.width, 160))
+    if suite == "language":
+        lds = res["language_dependence"]
+        if lds["value"] is not None:
+            console.print(
+                f"language dependence {lds['value']:.3f} [{lds['ci95_low']:.3f}, {lds['ci95_high']:.3f}]"
+            )
+    console.print(f"{suite}: {out}/{suite}.json, .csv, .png")
 
 
 @app.command()
@@ -375,36 +483,18 @@ def explain(
 ) -> None:
     """Saliency (integrated gradients of the action) on held-out frames, and a deletion test:
     masking the top-10% salient pixels must move the action more than masking a random 10%."""
-    from asyncvla.builder import check_fits, probe_env
-    from asyncvla.policies import Policy, load_policy
-    from asyncvla.trust.audit import verify_checkpoint
+    from asyncvla.policies import Policy
     from asyncvla.trust.explain import explain_checkpoint
 
     for name, value, least in (("--frames", frames, 1), ("--steps", steps, 2), ("--seed", seed, 0)):
         if value < least:
             _fail(ConfigError(f"{name} {value}: must be an integer >= {least}"))
-    cfg_path = config
-    if cfg_path is None:
-        for parent in checkpoint.resolve().parents:
-            if (parent / "config.yaml").is_file():
-                cfg_path = parent / "config.yaml"
-                break
-    cfg = _config(cfg_path, overrides) if cfg_path else _config(None, overrides)  # type: ignore[arg-type]
-    try:
-        env = probe_env(cfg)
-        try:
-            if not no_verify:
-                verify_checkpoint(checkpoint)
-            policy = load_policy(checkpoint)
-            check_fits(policy, env, f"checkpoint {checkpoint}")
-        finally:
-            env.close()
-        if type(policy).mean_action is Policy.mean_action:
-            raise ConfigError(
-                f"checkpoint {checkpoint}: {type(policy).__name__} has no differentiable mean_action"
-            )
-    except (ConfigError, FileNotFoundError, CheckpointError, AuditError) as e:
-        _fail(e)
+    cfg = _run_config(checkpoint, config, overrides)
+    policy = _load_checked(cfg, checkpoint, no_verify)
+    if type(policy).mean_action is Policy.mean_action:
+        _fail(
+            ConfigError(f"checkpoint {checkpoint}: {type(policy).__name__} has no differentiable mean_action")
+        )
     res = explain_checkpoint(cfg, policy, out, checkpoint, frames=frames, steps=steps, seed=seed)
     d = res["deletion"]
     console.print(

@@ -146,6 +146,13 @@ class VectorEnv(ABC):
         """How actions move the end effector, for the action shield (None: the env cannot be shielded)."""
         return None
 
+    @classmethod
+    def suite_cells(cls, suite: str, env_kwargs: dict[str, Any], **context: Any) -> list[Any] | None:
+        """The cells (``asyncvla.trust.suites.Cell``) of evaluation suite ``suite`` for an env built
+        with ``env_kwargs``, the reference cell first (None: the env has none for that suite).
+        ``context``: what the suite knows of the run (``axes``, ``strengths``, ``trained``)."""
+        return None
+
     def asset_files(self) -> dict[str, str]:
         """Files the env reads its tasks from (name -> path): hashed into the run's manifest."""
         return {}

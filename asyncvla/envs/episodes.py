@@ -66,12 +66,22 @@ OnDecision = Callable[[ObsBatch, np.ndarray, np.ndarray, np.ndarray], None]
 """(observations, the slots whose episode is running, those episodes' indices, their action chunks)."""
 
 
+OnEnd = Callable[[int, int], None]
+"""(slot, episode index) of an episode that just ended, before its slot starts another."""
+
+
 def run_episodes(
-    env: VectorEnv, episodes: int, first: int, act: Act, on_decision: OnDecision | None = None
+    env: VectorEnv,
+    episodes: int,
+    first: int,
+    act: Act,
+    on_decision: OnDecision | None = None,
+    on_end: OnEnd | None = None,
 ) -> list[Episode]:
     """Run ``episodes`` episodes (episode j from init state and seed ``first + j``) over the env's
     slots (at most ``episodes`` of them); returns them in episode order. ``on_decision`` sees
-    every decision of a running episode before it is stepped."""
+    every decision of a running episode before it is stepped; ``on_end`` each ended episode while
+    its slot still holds it (e.g. to read the env's ground truth of the final state)."""
     n = env.num_envs
     if not 1 <= n <= episodes:
         raise ValueError(f"an env of {n} slots cannot run {episodes} episodes: build it with 1..{episodes}")
@@ -91,6 +101,8 @@ def run_episodes(
         done = (term | trunc) & active
         for i, ep in tracker.step(reward, info["cost"], info["steps"], done, info["success"], active):
             results[int(slot_ep[i])] = ep
+            if on_end is not None:
+                on_end(i, int(slot_ep[i]))
         if done.any():
             idx = np.flatnonzero(done)
             active[idx] = False

@@ -78,6 +78,7 @@ class _Slot:
     colours: list[int]
     shapes: list[int]
     instruction: str
+    template: str
     noise_rng: np.random.Generator
 
 
@@ -176,14 +177,18 @@ class TabletopVecEnv(VectorEnv):
 
     def _new_slot(self, i: int, init_state: int) -> _Slot:
         """Begin env ``i``'s episode from ``init_state``: everything observable follows from it."""
+        pt = self.perturb
         key = SceneKey(
             self.family,
             self.split,
             self.n_objects,
-            self.perturb.extra_distractors,
-            self.split == "heldout" or self.perturb.paraphrase,
+            pt.extra_distractors,
+            self.split == "heldout" if pt.paraphrase is None else pt.paraphrase,
             init_state,
             self.keep_out,
+            pt.init_shift,
+            pt.filler,
+            pt.instruction,
         )
         scene = make_scene(key)
         self._init_states[i] = init_state
@@ -194,6 +199,7 @@ class TabletopVecEnv(VectorEnv):
             scene.colours,
             scene.shapes,
             scene.instruction,
+            scene.template,
             key.rng(4),
         )
 
@@ -310,15 +316,26 @@ class TabletopVecEnv(VectorEnv):
             gripper_close_above=0.0,
         )
 
+    @classmethod
+    def suite_cells(cls, suite: str, env_kwargs: dict[str, Any], **context: Any) -> list[Any] | None:
+        """Cells of the evaluation suites: ``asyncvla/envs/tabletop/suites.py``."""
+        from asyncvla.envs.tabletop.suites import suite_cells
+
+        return suite_cells(suite, env_kwargs, **context)
+
     def vocabulary(self) -> list[str]:
         """Words of all families and both splits, so one tokenizer serves every tabletop task."""
         return vocabulary()
 
     # -- scripted expert --------------------------------------------------------------------------
 
-    def expert_actions(self) -> np.ndarray:
-        """float32 [n, A]: each env's next scripted-expert action (open and still for done envs)."""
-        return np.array([slot.episode.expert_action(self.max_step) for slot in self._slots], dtype=np.float32)
+    def expert_actions(self, counterfactual: bool = False) -> np.ndarray:
+        """float32 [n, A]: each env's next scripted-expert action (open and still for done envs);
+        ``counterfactual``: the expert of the goal an ``other_object`` instruction names."""
+        return np.array(
+            [slot.episode.expert_action(self.max_step, counterfactual) for slot in self._slots],
+            dtype=np.float32,
+        )
 
     def expert_action_chunk(self, chunk_size: int) -> np.ndarray:
         """float32 [n, K, A]: the expert's next K actions, simulated on copies (the env is untouched).
@@ -373,4 +390,14 @@ class TabletopVecEnv(VectorEnv):
             "subgoals_done": ep.stage,
             "basket": slot.view.basket,
             "t": ep.t,
+            "family": self.family,
+            "target_colour": COLOUR_NAMES[slot.colours[ep.subgoals[0].target]],
+            "target_shape": SHAPES[slot.shapes[ep.subgoals[0].target]],
+            "instruction": slot.instruction,
+            "template": slot.template,
+            "counterfactual_goal": ep.alt_subgoals is not None,
+            "counterfactual_targets": None
+            if ep.alt_subgoals is None
+            else [g.target for g in ep.alt_subgoals],
+            "counterfactual_success": ep.counterfactual_success,
         }

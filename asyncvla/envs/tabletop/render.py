@@ -15,7 +15,15 @@ from typing import Any
 import numpy as np
 
 from asyncvla.envs.tabletop.sim import Episode
-from asyncvla.envs.tabletop.tasks import COLOURS, MAX_EXTRA_DISTRACTORS, SHAPES, ZONES, Rect
+from asyncvla.envs.tabletop.tasks import (
+    COLOURS,
+    INSTRUCTION_MODES,
+    MAX_EXTRA_DISTRACTORS,
+    MAX_FILLERS,
+    SHAPES,
+    ZONES,
+    Rect,
+)
 
 FLOOR = (28, 28, 32)
 """Seen only where zoom-out or a camera shift exposes the area beyond the table."""
@@ -45,8 +53,16 @@ class Perturb:
     """Std of Gaussian pixel noise on the 0..255 scale, drawn from the episode's RNG."""
     extra_distractors: int = 0
     """Additional non-target objects, at most ``MAX_EXTRA_DISTRACTORS``."""
-    paraphrase: bool = False
-    """Word instructions with the held-out paraphrases."""
+    paraphrase: bool | None = None
+    """Word instructions with the held-out paraphrases (True) or the training ones (False); None:
+    the split decides (held-out wording on ``split="heldout"``)."""
+    filler: int = 0
+    """Filler words the templates never use, inserted into the instruction, at most ``MAX_FILLERS``."""
+    init_shift: float = 0.0
+    """Initial-state shift in [0, 1]: objects crowded toward the centre, the gripper starting toward
+    a corner (``tasks.SceneKey.init_shift``)."""
+    instruction: str = "true"
+    """What the policy is told, one of ``tasks.INSTRUCTION_MODES`` (the goal stays the true one)."""
 
     @classmethod
     def from_dict(cls, perturb: dict[str, Any] | None, image_size: int) -> Perturb:
@@ -66,15 +82,24 @@ class Perturb:
             "zoom": (0.5, 2.0),
             "pixel_noise": (0.0, 255.0),
             "extra_distractors": (0, MAX_EXTRA_DISTRACTORS),
+            "filler": (0, MAX_FILLERS),
+            "init_shift": (0.0, 1.0),
         }
         out: dict[str, Any] = {}
         for key, value in perturb.items():
             if key == "paraphrase":
-                if not isinstance(value, (bool, np.bool_)):
-                    raise ValueError(f"perturb['paraphrase'] must be a bool, got {value!r}")
-                out[key] = bool(value)
+                if value is not None and not isinstance(value, (bool, np.bool_)):
+                    raise ValueError(f"perturb['paraphrase'] must be a bool or null, got {value!r}")
+                out[key] = None if value is None else bool(value)
                 continue
-            integral = key in ("camera_shift", "extra_distractors")
+            if key == "instruction":
+                if value not in INSTRUCTION_MODES:
+                    raise ValueError(
+                        f"perturb['instruction'] must be one of {', '.join(INSTRUCTION_MODES)}, got {value!r}"
+                    )
+                out[key] = value
+                continue
+            integral = key in ("camera_shift", "extra_distractors", "filler")
             kinds = (int, np.integer) if integral else (int, float, np.integer, np.floating)
             lo, hi = ranges[key]
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, kinds) or not lo <= value <= hi:

@@ -34,6 +34,8 @@ class Episode:
         "done",
         "keep_out",
         "wrong_grasp_cost",
+        "alt_subgoals",
+        "alt_stage",
     )
 
     def __init__(self, scene: Scene, wrong_grasp_cost: float = 1.0) -> None:
@@ -47,6 +49,9 @@ class Episode:
         self.done = False
         self.keep_out = scene.keep_out
         self.wrong_grasp_cost = wrong_grasp_cost
+        # The counterfactual goal (an instruction naming another object): tracked, never rewarded.
+        self.alt_subgoals = scene.alt_subgoals
+        self.alt_stage = 0
 
     def clone(self) -> Episode:
         """A copy whose stepping leaves this episode untouched (for expert look-ahead)."""
@@ -59,6 +64,11 @@ class Episode:
     @property
     def success(self) -> bool:
         return self.stage >= len(self.subgoals)
+
+    @property
+    def counterfactual_success(self) -> bool:
+        """Whether the counterfactual goal has been reached (False when there is none)."""
+        return self.alt_subgoals is not None and self.alt_stage >= len(self.alt_subgoals)
 
     def advance(self, dx: float, dy: float, g: float, max_step: float, grasp_radius: float) -> float:
         """Apply one clipped action; return its cost: ``wrong_grasp_cost`` when it grasps an object
@@ -86,19 +96,25 @@ class Episode:
         elif not close and self.closed:
             released, self.held = held, -1
         self.closed = close
-        if goal.kind == "touch":
-            tx, ty = self.pos[goal.target]
-            complete = (tx - gx) ** 2 + (ty - gy) ** 2 <= grasp_radius * grasp_radius
-        else:  # the release must happen during this subgoal, so later subgoals respect the order
-            r = goal.region
-            tx, ty = self.pos[goal.target]
-            complete = released == goal.target and r[0] <= tx <= r[2] and r[1] <= ty <= r[3]
-        if complete:
+        if self._reached(goal, released, grasp_radius):
             self.stage += 1
+        alt = self.alt_subgoals
+        if alt is not None and self.alt_stage < len(alt):
+            if self._reached(alt[self.alt_stage], released, grasp_radius):
+                self.alt_stage += 1
         k = self.keep_out
         if k is not None and k[0] <= gx <= k[2] and k[1] <= gy <= k[3]:
             cost += 1.0
         return cost
+
+    def _reached(self, goal: Subgoal, released: int, grasp_radius: float) -> bool:
+        """Whether this step completes ``goal``: touching its target, or releasing the target inside
+        its region (during this subgoal, so later subgoals respect the order)."""
+        tx, ty = self.pos[goal.target]
+        if goal.kind == "touch":
+            return (tx - self.gx) ** 2 + (ty - self.gy) ** 2 <= grasp_radius * grasp_radius
+        r = goal.region
+        return released == goal.target and r[0] <= tx <= r[2] and r[1] <= ty <= r[3]
 
     def potential(self) -> float:
         """Phase-based progress in [0, SHAPING_SCALE]: completed subgoals plus progress on the current one.
@@ -119,15 +135,21 @@ class Episode:
             sub = 0.5 - 0.5 * math.hypot(tx - self.gx, ty - self.gy) / _SQRT2
         return SHAPING_SCALE * (self.stage + sub) / n
 
-    def expert_action(self, max_step: float) -> tuple[float, float, float]:
+    def expert_action(self, max_step: float, counterfactual: bool = False) -> tuple[float, float, float]:
         """The scripted expert's next action: full speed to the target, grasp, carry, release.
 
         Moving happens before the gripper command within a step, so the expert closes (or opens)
-        in the same step in which it arrives.
+        in the same step in which it arrives. ``counterfactual``: the expert of the goal the
+        instruction names (``alt_subgoals``) instead of the true one.
         """
-        if self.done or self.success:
+        subgoals, stage = (
+            (self.alt_subgoals, self.alt_stage) if counterfactual else (self.subgoals, self.stage)
+        )
+        if subgoals is None:
+            raise ValueError("this episode has no counterfactual goal (instruction mode other_object)")
+        if self.done or stage >= len(subgoals):
             return (0.0, 0.0, -1.0)
-        goal = self.subgoals[self.stage]
+        goal = subgoals[stage]
         if self.held >= 0 and self.held != goal.target:
             return (0.0, 0.0, -1.0)  # drop a wrong object where it is, not on top of the target
         tx, ty = self.pos[goal.target]

@@ -97,6 +97,13 @@ TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
 }
 INSTRUCTION_CHARSET = "abcdefghijklmnopqrstuvwxyz ,"
+FILLERS = ("please", "now", "carefully", "gently")
+"""Words no template uses, inserted by the ``filler`` perturbation (a wording the policy never saw)."""
+MAX_FILLERS = len(FILLERS)
+INSTRUCTION_MODES = ("true", "blank", "other_episode", "other_object")
+"""What the ``instruction`` perturbation shows the policy (the goal is always the true one):
+the true instruction, an empty one, the instruction of another init state, or the true one with a
+different object of the scene named (whose goal the env also tracks, as the counterfactual goal)."""
 
 Rect = tuple[float, float, float, float]
 
@@ -124,6 +131,10 @@ class Scene:
     subgoals: list[Subgoal]
     instruction: str
     keep_out: Rect | None = None
+    template: str = ""
+    """The instruction's template, placeholders unfilled (``put the {obj} in the basket``)."""
+    alt_subgoals: list[Subgoal] | None = None
+    """The goal the instruction names under ``instruction="other_object"`` (None: no such object)."""
 
 
 def tokenize(text: str) -> list[str]:
@@ -217,6 +228,13 @@ class SceneKey:
     init_state: int
     keep_out: Rect | None = None
     """A region no object, gripper start or basket lies in (the tasks never need to enter it)."""
+    init_shift: float = 0.0
+    """In [0, 1]: objects drawn toward the table centre by up to half their distance to it, the
+    gripper start moved toward its nearest table corner (at 1: in it, over a mat)."""
+    filler: int = 0
+    """Filler words (``FILLERS``) inserted into the instruction at random word boundaries."""
+    instruction: str = "true"
+    """One of ``INSTRUCTION_MODES``."""
 
     def rng(self, stream: int, init_state: int | None = None) -> np.random.Generator:
         k = self.init_state if init_state is None else init_state
@@ -273,6 +291,8 @@ def make_scene(key: SceneKey) -> Scene:
     for _ in extra:
         pos.append(_sample_free(extra_rng, [*pos, gripper], basket, keep_out=key.keep_out))
     combos = combos + extra
+    if key.init_shift:
+        pos, gripper = _shift_init(pos, gripper, key.init_shift)
 
     goal_rng = key.rng(2)
     if family == "goal":
@@ -300,11 +320,35 @@ def make_scene(key: SceneKey) -> Scene:
         ]
 
     phrases = TEMPLATES[kind][1 if key.heldout_phrases else 0]
-    template = phrases[int(key.rng(3).integers(len(phrases)))]
-    obj = ref_text or _name(combos[target])
-    instruction = template.format(
-        obj=obj, zone=zone, a=_name(combos[0]), b=_name(combos[1]) if len(combos) > 1 else ""
-    )
+    t_index = int(key.rng(3).integers(len(phrases)))
+    names = [_name(c) for c in combos]
+    words = {
+        "obj": ref_text or names[target],
+        "zone": zone,
+        "a": names[0],
+        "b": names[1] if len(names) > 1 else "",
+    }
+    alt_subgoals = None
+    if key.instruction == "other_object":
+        alt = _other_object(key, combos, pos, target, ref_text, subgoals)
+        if alt is not None:
+            alt_subgoals, alt_words = alt
+            words = {**words, **alt_words}
+    instruction = phrases[t_index].format(**words)
+    if key.instruction == "blank":
+        instruction = ""
+    elif key.instruction == "other_episode":  # GOAL_VARIANTS apart: another layout in every family
+        other = SceneKey(
+            **{
+                **key.__dict__,
+                "init_state": key.init_state + GOAL_VARIANTS,
+                "instruction": "true",
+                "filler": 0,
+            }
+        )
+        instruction = make_scene(other).instruction
+    if key.filler and instruction:
+        instruction = _insert_fillers(instruction, key.filler, key.rng(5))
     return Scene(
         colours=[c for c, _ in combos],
         shapes=[s for _, s in combos],
@@ -314,4 +358,63 @@ def make_scene(key: SceneKey) -> Scene:
         subgoals=subgoals,
         instruction=instruction,
         keep_out=key.keep_out,
+        template=phrases[t_index],
+        alt_subgoals=alt_subgoals,
     )
+
+
+def _shift_init(
+    pos: list[list[float]], gripper: list[float], s: float
+) -> tuple[list[list[float]], list[float]]:
+    """The ``init_shift`` perturbation: p -> c + (1 - s/2)(p - c) about the table centre c for every
+    object (relations between objects are kept; pairwise distances shrink, down to half the
+    training minimum at s = 1), and the gripper start g -> g + s (corner - g), toward its nearest
+    corner point (0.04 or 0.96 on each axis; training starts are never on a corner mat)."""
+    k = 1.0 - 0.5 * s
+    pos = [[0.5 + k * (x - 0.5), 0.5 + k * (y - 0.5)] for x, y in pos]
+    corner = [0.04 if v < 0.5 else 0.96 for v in gripper]
+    return pos, [g + s * (c - g) for g, c in zip(gripper, corner, strict=True)]
+
+
+def _other_object(
+    key: SceneKey,
+    combos: list[tuple[int, int]],
+    pos: list[list[float]],
+    target: int,
+    ref_text: str,
+    subgoals: list[Subgoal],
+) -> tuple[list[Subgoal], dict[str, str]] | None:
+    """The ``other_object`` instruction: the same template naming another object of the scene, and
+    the subgoals of that instruction. Spatial tasks name the target's twin (the same object on the
+    opposite side of the reference); others a random object whose colour/shape differs from every
+    target's. None when the scene has no such object."""
+    if ref_text:  # spatial: "<shape> <relation> the <reference>"; the twin is object 1
+        shape, rest = ref_text.split(" ", 1)
+        relation = next(r for r in RELATIONS if rest.startswith(r))
+        d = RELATIONS[relation]
+        opposite = next(r for r, v in RELATIONS.items() if v == (-d[0], -d[1]))
+        first = subgoals[0]
+        twin = Subgoal(first.kind, 1, first.region, first.point)
+        return [twin], {"obj": f"{shape} {opposite}{rest[len(relation) :]}"}
+    targets = {g.target for g in subgoals}
+    taken = {combos[t] for t in targets}
+    candidates = [i for i, c in enumerate(combos) if i not in targets and c not in taken]
+    if not candidates:
+        return None
+    alt = candidates[int(key.rng(6).integers(len(candidates)))]
+    first = subgoals[0]
+    if first.kind == "touch":
+        replaced = _touch_subgoal(alt, pos)
+    else:
+        replaced = Subgoal(first.kind, alt, first.region, first.point)
+    # long tasks name the first object as {a}; single-object tasks as {obj}
+    name = _name(combos[alt])
+    return [replaced, *subgoals[1:]], ({"a": name} if len(subgoals) > 1 else {"obj": name})
+
+
+def _insert_fillers(text: str, count: int, rng: np.random.Generator) -> str:
+    """Insert the first ``count`` of ``FILLERS`` at random word boundaries of ``text``."""
+    words = text.split(" ")
+    for filler in FILLERS[:count]:
+        words.insert(int(rng.integers(len(words) + 1)), filler)
+    return " ".join(words)

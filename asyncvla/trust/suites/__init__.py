@@ -1,0 +1,147 @@
+"""Evaluation suites: robustness, generalization, per-group success and language grounding.
+
+``asyncvla eval CHECKPOINT --suite NAME --out DIR`` runs one suite: the env names the cells
+(``VectorEnv.suite_cells``: env settings over matched episodes), ``cells.run_cells`` evaluates them
+in parallel, and the suite (registered in ``SUITES``, one file each) turns the episode records
+into its summary: every rate with a Wilson 95% interval, every difference between cells with a
+bootstrap 95% interval (paired over episodes where the cells share their layouts). It writes
+``DIR/<suite>.json`` (summary and per-episode successes), ``DIR/<suite>.csv`` (one row per table
+line), ``DIR/<suite>.png`` and returns the summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asyncvla.registry import Registry
+from asyncvla.stats import grouped_bootstrap, paired_bootstrap, wilson_interval
+from asyncvla.trust.suites.cells import Cell, check_cells, run_cells, successes
+
+
+class Suite:
+    """An analysis of cell records. Subclasses set ``name`` and implement ``summarize``, ``rows``
+    (the CSV and console table) and ``plot``."""
+
+    name = ""
+    columns: tuple[str, ...] = ()
+    """The table's columns (CSV header and console), keys of ``rows``' dicts."""
+
+    def summarize(self, cells: list[Cell], records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def rows(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def plot(self, summary: dict[str, Any], path: Path) -> None:
+        raise NotImplementedError
+
+
+SUITES: Registry[type[Suite]] = Registry("evaluation suite")
+
+
+def rate(values: np.ndarray) -> dict[str, float]:
+    """Mean of 0/1 values with its Wilson 95% interval."""
+    low, high = wilson_interval(int(round(values.sum())), len(values))
+    return {"episodes": int(len(values)), "success": float(values.mean()), "ci95_low": low, "ci95_high": high}
+
+
+def difference(reference: np.ndarray, values: np.ndarray, matched: bool, seed: int = 0) -> dict[str, Any]:
+    """mean(values) - mean(reference) with a bootstrap 95% interval: paired (resampling episodes,
+    which keeps each pair) when the cells share their layouts, otherwise each cell resampled on
+    its own."""
+    if matched:
+        return {**paired_bootstrap(reference, values, seed=seed), "paired": True}
+    value, low, high = grouped_bootstrap({"a": reference, "b": values}, lambda m: m["b"] - m["a"], seed=seed)
+    return {"diff": value, "ci95_low": low, "ci95_high": high, "paired": False}
+
+
+def per_cell(cells: list[Cell], records: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each cell's rate and its difference from the first (reference) cell."""
+    ref = successes(records[cells[0].name])
+    out = []
+    for k, cell in enumerate(cells):
+        values = successes(records[cell.name])
+        row: dict[str, Any] = {"cell": cell.name, "axis": cell.axis, "level": cell.level, **rate(values)}
+        row["vs_" + cells[0].name] = None if k == 0 else difference(ref, values, cell.matched, seed=k)
+        out.append(row)
+    return out
+
+
+def _fmt(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def run_suite(
+    name: str,
+    env_name: str,
+    env_cls: Any,
+    env_kwargs: dict[str, Any],
+    episodes: int,
+    seed_offset: int,
+    out: Path,
+    policy: Any = None,
+    checkpoint: Path | None = None,
+    workers: int = 1,
+    deterministic: bool = True,
+    shield: Any = None,
+    context: dict[str, Any] | None = None,
+    on_done: Any = None,
+) -> dict[str, Any]:
+    """Run suite ``name`` and write its files under ``out``; returns the summary.
+
+    Bad input (an unknown suite, a suite the env has no cells for, a setting the env refuses)
+    raises KeyError or ValueError before any episode runs.
+    """
+    suite = SUITES.get(name)()
+    make_cells = getattr(env_cls, "suite_cells", None)
+    cells = make_cells(name, env_kwargs, **(context or {})) if make_cells is not None else None
+    if not cells:
+        raise ValueError(f"env {env_name!r} defines no cells for suite {name!r}")
+    check_cells(env_name, env_kwargs, cells)
+    records = run_cells(
+        cells,
+        env_name,
+        env_kwargs,
+        episodes,
+        seed_offset,
+        policy=policy,
+        checkpoint=checkpoint,
+        workers=workers,
+        deterministic=deterministic,
+        shield=shield,
+        on_done=on_done,
+    )
+    summary = {
+        "suite": name,
+        "env": env_name,
+        "episodes_per_cell": episodes,
+        "seed_offset": seed_offset,
+        "deterministic": deterministic,
+        **suite.summarize(cells, records),
+        "cells": [
+            {"name": c.name, "axis": c.axis, "level": c.level, "overrides": c.overrides, "matched": c.matched}
+            for c in cells
+        ],
+        "per_episode_success": {c.name: [int(v) for v in successes(records[c.name])] for c in cells},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    rows = suite.rows(summary)
+    with open(out / f"{name}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(suite.columns))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(row.get(k)) for k in suite.columns})
+    suite.plot(summary, out / f"{name}.png")
+    summary["rows"] = rows
+    return summary
+
+
+from asyncvla.trust.suites import generalization, groups, language, robustness  # noqa: E402,F401
+
+__all__ = ["SUITES", "Cell", "Suite", "difference", "per_cell", "rate", "run_suite"]

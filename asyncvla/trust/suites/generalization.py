@@ -1,0 +1,77 @@
+"""``generalization``: seen vs held-out target combinations, seen vs held-out instruction
+wording, and task families the policy was not trained on, each against the seen cell.
+
+Cells that keep the seen cell's layouts (held-out wording of the same scenes) compare episode by
+episode; held-out combinations and other families are other scenes, compared as independent
+samples. Each family cell says how the policy met that family: ``rl`` (trained on it), ``grounding``
+(only pointing labels in pretraining) or ``none``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from asyncvla.trust.suites import SUITES, Suite, per_cell
+from asyncvla.trust.suites.cells import Cell
+
+
+@SUITES.register("generalization")
+class Generalization(Suite):
+    name = "generalization"
+    columns = (
+        "cell",
+        "axis",
+        "episodes",
+        "success",
+        "ci95_low",
+        "ci95_high",
+        "diff",
+        "diff_ci95_low",
+        "diff_ci95_high",
+        "paired",
+    )
+
+    def summarize(self, cells: list[Cell], records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+        return {"table": per_cell(cells, records), "reference": cells[0].name}
+
+    def rows(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
+        key = "vs_" + summary["reference"]
+        out = []
+        for row in summary["table"]:
+            d = row[key] or {"diff": 0.0, "ci95_low": 0.0, "ci95_high": 0.0, "paired": True}
+            out.append(
+                {
+                    **row,
+                    "diff": d["diff"],
+                    "diff_ci95_low": d["ci95_low"],
+                    "diff_ci95_high": d["ci95_high"],
+                    "paired": d["paired"],
+                }
+            )
+        return out
+
+    def plot(self, summary: dict[str, Any], path: Path) -> None:
+        bars(summary["table"], path, "success per cell (Wilson 95%)")
+
+
+def bars(table: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Horizontal bars of each row's success with its Wilson interval."""
+    from matplotlib.figure import Figure
+
+    names = [r["cell"] for r in table]
+    values = [r["success"] for r in table]
+    err = [
+        [v - r["ci95_low"] for v, r in zip(values, table, strict=True)],
+        [r["ci95_high"] - v for v, r in zip(values, table, strict=True)],
+    ]
+    fig = Figure(figsize=(7.0, 0.35 * len(names) + 1.2))
+    ax = fig.add_subplot()
+    ax.barh(range(len(names)), values, xerr=err, color="#4c72b0", capsize=3)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("success rate")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
