@@ -446,7 +446,7 @@ def _eval_suite(
             context={"axes": axis or None, "strengths": values, "trained": trained},
         )
     except (KeyError, ValueError) as e:
-        _fail(ConfigError(str(e).strip("'\"")))
+        _fail(ConfigError(e.args[0] if e.args else str(e)))
     table = Table(title=f"{suite}: {checkpoint} ({episodes} episodes per cell)")
     columns = [c for c in SUITES.get(suite).columns if any(r.get(c) is not None for r in res["rows"])]
     for c in columns:

@@ -158,3 +158,48 @@ def test_trust_commands_refuse_a_directory_without_their_files(tmp_path, command
     assert sorted(p.name for p in run.iterdir()) == sorted(files)  # nothing written
     missing = [str(tmp_path / "nope") if a == str(run) else a for a in args]
     _one_error_line(CliRunner().invoke(app, missing), "nope")
+
+
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        (["--suite", "fairness"], ["--suite 'fairness'", "robustness"]),
+        (
+            ["--suite", "robustness", "--axis", "sideways"],
+            ["unknown robustness axis 'sideways'", "camera_shift"],
+        ),
+        (
+            ["--suite", "robustness", "--axis", "camera_shift", "--strengths", "2,40"],
+            ["camera_shift strength", "[-16, 16]", "40"],
+        ),
+        (["--suite", "robustness", "--axis", "zoom", "--strengths", "big"], ["--strengths", "'big'"]),
+        (["--suite", "language", "--axis", "zoom"], ["robustness suite, not 'language'"]),
+        (["--axis", "zoom"], ["need --suite"]),
+    ],
+)
+def test_eval_suite_refuses_bad_suites_axes_and_strengths(ckpt, tmp_path, extra, expected):
+    out = tmp_path / "o"
+    r = CliRunner().invoke(app, ["eval", str(ckpt), *REACH, "--workers", "1", *extra, "--out", str(out)])
+    _one_error_line(r, *expected)
+    assert not out.exists()
+
+
+def test_eval_suite_refuses_a_policy_that_does_not_fit_and_a_missing_out(ckpt, tmp_path):
+    out = tmp_path / "o"
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(ckpt),
+            "env.kwargs.family=reach",
+            "env.kwargs.image_size=48",
+            "--suite",
+            "language",
+            "--out",
+            str(out),
+        ],
+    )
+    _one_error_line(r, "does not fit", "image_size=48")
+    r = CliRunner().invoke(app, ["eval", str(ckpt), *REACH, "--suite", "language"])
+    _one_error_line(r, "--suite needs --out")
+    assert not out.exists()
