@@ -22,7 +22,7 @@ def test_ppo_improves_held_out_success_on_reach(tmp_path):
             "pretrain.epochs=8",
             "sft.demos=60",
             "sft.steps=400",
-            "train.updates=16",
+            "train.updates=40",
             "train.eval_every=0",
         ],
     )
