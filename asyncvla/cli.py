@@ -458,7 +458,7 @@ def _eval_suite(
                 for c in columns
             )
         )
-    console.print(table, width=max(console.width, 160))
+    Console(width=max(console.width, 150)).print(table)
     if suite == "language":
         lds = res["language_dependence"]
         if lds["value"] is not None:
