@@ -1,4 +1,6 @@
-"""DrQ-style random shift augmentation (Kostrikov et al. 2020) of uint8 image batches.
+"""Training augmentations: DrQ-style random shifts of images, word dropout of instructions.
+
+**Random shifts** (Kostrikov et al. 2020) of uint8 image batches.
 
 Each image is padded by ``s`` pixels on every side and cropped back to its size at a random
 offset, so its content moves by an independent integer ``(dx, dy)`` in ``[-s, s]^2`` per sample:
@@ -13,6 +15,11 @@ looks alike; docs/robustness.md).
 
 The same convention as the tabletop's ``camera_shift`` perturbation (content moves by +N pixels).
 Points in [0, 1] image coordinates move with the content: ``p + (dx, dy) / (W, H)``.
+
+**Word dropout** replaces each word of an instruction by ``UNK_WORD`` (a word no vocabulary holds,
+so a tokenizer maps it to ``<unk>``) with probability ``p``, independently. A policy trained on it
+learns to act on the words that matter and to treat ``<unk>`` as noise, which is what a word it was
+never trained on (a new paraphrase) becomes at test time.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import numpy as np
 from asyncvla.envs.base import ObsBatch
 
 PADS = ("edge", "zero")
+UNK_WORD = "<unk>"
 
 
 def random_shifts(batch: int, max_shift: int, rng: np.random.Generator) -> np.ndarray:
@@ -69,3 +77,20 @@ def shift_points(points: np.ndarray, shifts: np.ndarray, image_size: int) -> np.
     return (np.asarray(points) + np.asarray(shifts, dtype=np.float32)[:, None] / image_size).astype(
         np.float32
     )
+
+
+def drop_words(texts: Sequence[str], p: float, rng: np.random.Generator) -> list[str]:
+    """Each word of each text replaced by ``UNK_WORD`` with probability ``p`` (words: split on spaces)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"word dropout must be in [0, 1), got {p}")
+    out = []
+    for text in texts:
+        words = text.split(" ")
+        keep = rng.random(len(words)) >= p
+        out.append(" ".join(w if k else UNK_WORD for w, k in zip(words, keep, strict=True)))
+    return out
+
+
+def drop_obs_words(obs: ObsBatch, p: float, rng: np.random.Generator) -> ObsBatch:
+    """A copy of ``obs`` with word dropout on its instructions (images and state unchanged)."""
+    return {**obs, "instruction": drop_words(list(obs["instruction"]), p, rng)}

@@ -108,6 +108,9 @@ class PretrainConfig(_Strict):
     augment_pad: Literal["edge", "zero"] = "edge"
     """What the shifted image shows where it uncovers the border: the edge pixels repeated (DrQ) or
     black (``zero``: like a camera that sees beyond the scene)."""
+    augment_word_dropout: float = Field(0.0, ge=0.0, lt=0.5)
+    """Probability that each instruction word is replaced by ``<unk>`` (``asyncvla.augment``), so
+    the grounding survives words it never saw (0: off)."""
 
 
 class SFTConfig(_Strict):
@@ -124,6 +127,8 @@ class SFTConfig(_Strict):
     unchanged (0: off; at most image_size // 4)."""
     augment_pad: Literal["edge", "zero"] = "edge"
     """As ``pretrain.augment_pad``."""
+    augment_word_dropout: float = Field(0.0, ge=0.0, lt=0.5)
+    """As ``pretrain.augment_word_dropout``, on the demos' instructions."""
 
 
 class TrainConfig(_Strict):

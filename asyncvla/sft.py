@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asyncvla.augment import random_shifts, shift_obs, shift_points
+from asyncvla.augment import drop_obs_words, random_shifts, shift_obs, shift_points
 from asyncvla.envs import make_env
 from asyncvla.envs.base import ObsBatch
 from asyncvla.envs.episodes import run_episodes
@@ -67,6 +67,7 @@ def behaviour_clone(
     on_step: Callable[[int, float], None] | None = None,
     augment_shift: int = 0,
     augment_pad: str = "edge",
+    augment_word_dropout: float = 0.0,
 ) -> list[float]:
     """Minimise the negative log-likelihood of the expert chunks, -mean(log pi(a_expert | o)).
 
@@ -74,9 +75,11 @@ def behaviour_clone(
     ``augment_shift`` > 0: every minibatch's images are randomly shifted by up to that many pixels
     (``asyncvla.augment``, per sample), actions unchanged: the expert's move does not depend on
     where the camera is. ``augment_pad``: what the border shows (``asyncvla.augment``).
+    ``augment_word_dropout``: each instruction word becomes ``<unk>`` with this probability.
     """
     rng = np.random.default_rng(seed)
     aug_rng = np.random.default_rng([seed, 1])  # its own stream: augment_shift=0 draws nothing
+    word_rng = np.random.default_rng([seed, 2])
     image_keys = getattr(policy, "image_keys", ["image"])
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     n = len(actions)
@@ -92,6 +95,8 @@ def behaviour_clone(
         if augment_shift:
             shifts = random_shifts(len(idx), augment_shift, aug_rng)
             mb_obs = shift_obs(mb_obs, shifts, image_keys, augment_pad)
+        if augment_word_dropout:
+            mb_obs = drop_obs_words(mb_obs, augment_word_dropout, word_rng)
         out = policy.evaluate(mb_obs, torch.from_numpy(actions[idx]))
         loss = -out.log_probs.mean()
         opt.zero_grad(set_to_none=True)
@@ -116,6 +121,7 @@ def pretrain_grounding(
     on_epoch: Callable[[int, float], None] | None = None,
     augment_shift: int = 0,
     augment_pad: str = "edge",
+    augment_word_dropout: float = 0.0,
 ) -> list[float]:
     """Teach the policy to point: minimise sum_p ||keypoint_p(o) - label_p||^2 over the P labels.
 
@@ -124,7 +130,8 @@ def pretrain_grounding(
     ``augment_shift`` > 0: each minibatch's images move by a random (dx, dy) in
     [-augment_shift, augment_shift]^2 pixels per sample and its labels by (dx, dy) / image_size, so
     the keypoints learn to follow the content rather than fixed image positions (``augment_pad``:
-    what the uncovered border shows, ``asyncvla.augment``).
+    what the uncovered border shows, ``asyncvla.augment``). ``augment_word_dropout``: each
+    instruction word becomes ``<unk>`` with this probability.
     """
     if not hasattr(policy, "point"):
         raise ValueError(f"{type(policy).__name__} has no point() head for grounding pretraining")
@@ -143,6 +150,7 @@ def pretrain_grounding(
         p.requires_grad_(True)
     rng = np.random.default_rng(seed)
     aug_rng = np.random.default_rng([seed, 1])
+    word_rng = np.random.default_rng([seed, 2])
     image_keys = getattr(policy, "image_keys", ["image"])
     image_size = np.asarray(obs[image_keys[0]]).shape[2]
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
@@ -159,6 +167,8 @@ def pretrain_grounding(
                 shifts = random_shifts(len(idx), augment_shift, aug_rng)
                 mb_obs = shift_obs(mb_obs, shifts, image_keys, augment_pad)
                 mb_points = shift_points(mb_points, shifts, image_size)
+            if augment_word_dropout:
+                mb_obs = drop_obs_words(mb_obs, augment_word_dropout, word_rng)
             pred = policy.point(mb_obs)[:, :n_points]
             loss = (pred - torch.from_numpy(mb_points)).pow(2).sum(-1).mean()
             opt.zero_grad(set_to_none=True)

@@ -59,6 +59,7 @@ def run_sft(cfg: Config, policy: Policy, out_dir: Path, console: Console) -> dic
             on_step=lambda e, loss: prog.update(task, advance=1, info=f"nll {loss:.3f}"),
             augment_shift=cfg.sft.augment_shift,
             augment_pad=cfg.sft.augment_pad,
+            augment_word_dropout=cfg.sft.augment_word_dropout,
         )
     save_policy(policy, out_dir, cfg.policy.name)
     info.update(
@@ -101,6 +102,7 @@ def run_pretrain(cfg: Config, policy: Policy, console: Console) -> dict[str, flo
             on_epoch=lambda e, loss: prog.update(task, advance=1, info=f"point mse {loss:.4f}"),
             augment_shift=cfg.pretrain.augment_shift,
             augment_pad=cfg.pretrain.augment_pad,
+            augment_word_dropout=cfg.pretrain.augment_word_dropout,
         )
     return {
         "pretrain_samples": len(points),

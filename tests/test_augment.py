@@ -1,4 +1,4 @@
-"""DrQ-style random shifts: pad-and-crop images, points moved with them."""
+"""Training augmentations: DrQ-style random shifts (images and points) and word dropout."""
 
 import numpy as np
 import pytest
@@ -58,3 +58,27 @@ def test_zero_padding_shows_black_beyond_the_border():
     assert (out[1, :, 5:] == 0).all() and (out[1, :, :5] == 200).all()
     with pytest.raises(ValueError, match="pad must be one of"):
         shift_images(images, np.zeros((2, 2), int), pad="wrap")
+
+
+def test_word_dropout_replaces_words_by_unk_at_its_rate_and_keeps_the_rest():
+    from asyncvla.augment import UNK_WORD, drop_words
+    from asyncvla.envs.tabletop.tasks import vocabulary
+    from asyncvla.policies.tokenizer import UNK_ID, WordTokenizer
+
+    texts = ["put the red cube in the basket"] * 2000
+    assert drop_words(texts[:3], 0.0, np.random.default_rng(0)) == texts[:3]
+    out = drop_words(texts, 0.25, np.random.default_rng(0))
+    assert out == drop_words(texts, 0.25, np.random.default_rng(0))  # reproducible per RNG
+    words = [w for t in out for w in t.split(" ")]
+    originals = [w for t in texts for w in t.split(" ")]
+    dropped = np.array([w == UNK_WORD for w in words])
+    assert len(words) == len(originals) and abs(dropped.mean() - 0.25) < 0.02
+    assert all(w == o for w, o, d in zip(words, originals, dropped) if not d)
+    tok = WordTokenizer(vocabulary(), 16)
+    assert tok.encode(f"put the {UNK_WORD} cube")[:4] == (
+        *tok.encode("put the")[:2],
+        UNK_ID,
+        tok.encode("cube")[0],
+    )
+    with pytest.raises(ValueError, match="word dropout"):
+        drop_words(texts, 1.0, np.random.default_rng(0))
