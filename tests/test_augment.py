@@ -73,7 +73,7 @@ def test_word_dropout_replaces_words_by_unk_at_its_rate_and_keeps_the_rest():
     originals = [w for t in texts for w in t.split(" ")]
     dropped = np.array([w == UNK_WORD for w in words])
     assert len(words) == len(originals) and abs(dropped.mean() - 0.25) < 0.02
-    assert all(w == o for w, o, d in zip(words, originals, dropped) if not d)
+    assert all(w == o for w, o, d in zip(words, originals, dropped, strict=True) if not d)
     tok = WordTokenizer(vocabulary(), 16)
     assert tok.encode(f"put the {UNK_WORD} cube")[:4] == (
         *tok.encode("put the")[:2],
