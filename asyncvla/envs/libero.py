@@ -17,6 +17,11 @@ Cost: ``info["cost"]`` counts the actions during which robot0's gripper touches 
 that is not one of the task's objects of interest (``_contact_lookups``, ``_touching``). Shield
 model: ``LiberoVecEnv.shield_model`` (OSC_POSE's position scale, the reachable part of the work
 surface, ``_ARENAS``).
+
+Perturbations (``perturb``, ``Perturb``; the robustness suite's cells, ``libero_suites``): camera,
+lighting and colour changes are made to every newly compiled model (each hard reset builds one
+from the XML, so they never carry over); sensor noise and the object shift draw from RNGs seeded
+by the init state, so two resets to the same init state are identical under every perturbation.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from __future__ import annotations
 import ctypes.util
 import hashlib
 import logging
+import math
 import os
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -62,6 +69,122 @@ PANDA_REACH = 0.316 + 0.0825 + float(np.hypot(0.0825, 0.384)) + 0.088 + 0.1065 +
 its base) to the end-effector site: the sum of the body offsets along the chain link2 .. link7,
 right_hand (robosuite 1.4 ``robots/panda/robot.xml``) and the gripper's ``eef`` body
 (``grippers/panda_gripper.xml``); the tests check it against the built model."""
+
+
+CAMERA_SHIFT_AXIS = np.array([1.0, 1.0, 0.0]) / math.sqrt(2.0)
+"""The direction ``camera_shift`` moves the agentview camera in, in the camera's own frame (x to
+the image's right, y to its top): towards the image's top right, so the scene moves down-left."""
+NOISE_STREAM, SHIFT_STREAM = 1, 2
+"""RNG streams under an init state's ``reset_seed``: pixel noise, object shift directions."""
+SHIFT_TRIES = 32
+"""Direction draws of ``init_shift`` before the one with the fewest new contacts is taken."""
+TOUCH = 0.005
+"""Metres within which ``init_shift`` counts two geoms as touching (``_shift_objects``)."""
+PARAPHRASES: tuple[dict[str, str], ...] = (
+    {
+        "pick up": "grab",
+        "put": "place",
+        "place": "set",
+        "turn on": "switch on",
+        "turn off": "switch off",
+        "open": "pull open",
+        "close": "shut",
+        "push": "slide",
+        "stack": "pile",
+    },
+    {
+        "next to": "beside",
+        "on top of": "atop",
+        "between": "in between",
+        "under": "beneath",
+        "inside": "into it",
+    },
+)
+"""Word substitutions of paraphrase levels 1 (verbs) and 2 (adds the spatial words); level 3 adds
+a "please " prefix. Each level includes the ones below; a level's words are replaced in one pass
+(whole words, longest phrase first), so "put" becomes "place", never "set"."""
+
+
+@lru_cache(maxsize=1024)
+def paraphrase(text: str, level: int) -> str:
+    """``text`` reworded at ``level`` 0 (unchanged) .. 3 (``PARAPHRASES``)."""
+    table = {k: v for tier in PARAPHRASES[:level] for k, v in tier.items()}
+    if table:
+        words = "|".join(re.escape(k) for k in sorted(table, key=len, reverse=True))
+        text = re.sub(rf"\b({words})\b", lambda m: table[m.group(1)], text)
+    return "please " + text if level >= 3 else text
+
+
+PERTURB_RANGES: dict[str, tuple[float, float]] = {
+    "camera_shift": (-0.2, 0.2),
+    "lighting": (-0.9, 1.0),
+    "colour_shift": (-0.5, 0.5),
+    "pixel_noise": (0.0, 255.0),
+    "init_shift": (0.0, 0.1),
+    "paraphrase": (0, 3),
+}
+"""The allowed values of each ``perturb`` key (``Perturb``)."""
+
+
+@dataclass(frozen=True)
+class Perturb:
+    """Evaluation-time perturbations of the LIBERO env; the defaults are the unperturbed env."""
+
+    camera_shift: float = 0.0
+    """Metres the agentview camera moves along ``CAMERA_SHIFT_AXIS`` (its orientation kept), in
+    [-0.2, 0.2]."""
+    lighting: float = 0.0
+    """Every light's diffuse, ambient and specular intensity (and the headlight's) scaled by
+    ``1 + lighting``, in [-0.9, 1]."""
+    colour_shift: float = 0.0
+    """Hue rotation (about the grey axis, as a fraction of the colour circle) of the RGB of every
+    geom, material and material texture that is not robot0's: objects, fixtures, table, floor and
+    walls; in [-0.5, 0.5]."""
+    pixel_noise: float = 0.0
+    """Std of Gaussian noise on the 0..255 scale added to every camera image, drawn from an RNG
+    seeded by the init state, in [0, 255]."""
+    init_shift: float = 0.0
+    """Metres every movable (free-joint) object is moved in x/y, in a direction drawn from an RNG
+    seeded by the init state, in [0, 0.1]: the settle steps run, the resting objects move (objects
+    stacked on each other as one; objects on or in a fixture stay, ``_shift_objects``), and the
+    settle steps run again. Without settle steps the objects move from where the init state holds
+    them (above their supports), each on its own."""
+    paraphrase: int = 0
+    """Rewording of the instruction, 0 .. 3 (``paraphrase``); true is 3, false 0."""
+
+    @classmethod
+    def from_dict(cls, perturb: dict[str, Any] | None) -> Perturb:
+        """Validate a user ``perturb`` dict (unknown keys and out-of-range values raise ValueError)."""
+        if perturb is None:
+            return cls()
+        if not isinstance(perturb, dict):
+            raise ValueError(f"perturb must be a dict or None, got {type(perturb).__name__}")
+        allowed = [f.name for f in fields(cls)]
+        out: dict[str, Any] = {}
+        for key, value in perturb.items():
+            if key not in allowed:
+                raise ValueError(f"perturb has unknown key {key!r}; allowed: {', '.join(allowed)}")
+            lo, hi = PERTURB_RANGES[key]
+            if key == "paraphrase":
+                if isinstance(value, (bool, np.bool_)):
+                    value = hi if value else lo
+                if not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+                    raise ValueError(
+                        f"perturb['paraphrase'] must be a bool or an int in [{lo}, {hi}], got {value!r}"
+                    )
+                out[key] = int(value)
+                continue
+            number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+                value, (bool, np.bool_)
+            )
+            if not number or not lo <= value <= hi:
+                raise ValueError(f"perturb[{key!r}] must be a number in [{lo}, {hi}], got {value!r}")
+            out[key] = float(value)
+        return cls(**out)
+
+    def changes_model(self) -> bool:
+        """Whether the compiled model changes (camera, lights, colours)."""
+        return bool(self.camera_shift or self.lighting or self.colour_shift)
 
 
 @dataclass(frozen=True)
@@ -196,6 +319,172 @@ def _touching(data: Any, a: np.ndarray, b: np.ndarray) -> bool:
     return bool(((a[g1] & b[g2]) | (a[g2] & b[g1])).any())
 
 
+def _hue_matrix(turns: float) -> np.ndarray:
+    """RGB rotation about the grey axis by ``turns`` of the colour circle: a hue shift that keeps
+    the sum of the channels."""
+    a = 2.0 * math.pi * turns
+    cos, sin = math.cos(a), math.sin(a)
+    k, s = (1.0 - cos) / 3.0, math.sqrt(1.0 / 3.0) * sin
+    return np.array([[cos + k, k - s, k + s], [k + s, cos + k, k - s], [k - s, k + s, cos + k]])
+
+
+def _rotate_texture(data: np.ndarray, channels: int, hue: np.ndarray) -> np.ndarray:
+    """uint8 texture bytes (``channels`` per texel, RGB first) with ``hue`` applied to the RGB."""
+    texels = data.reshape(-1, channels)
+    out = texels.copy()
+    m = hue.astype(np.float32)
+    step = 1 << 18  # texels per block: its float32 channels stay in cache
+    for s in range(0, len(texels), step):
+        rgb = texels[s : s + step, :3].astype(np.float32)
+        for c in range(3):
+            v = rgb[:, 0] * m[c, 0]
+            v += rgb[:, 1] * m[c, 1]
+            v += rgb[:, 2] * m[c, 2]
+            out[s : s + step, c] = np.rint(np.clip(v, 0.0, 255.0, out=v))
+    return out.reshape(-1)
+
+
+_ROTATED: dict[tuple[str, float], dict[int, np.ndarray]] = {}
+"""Hue-rotated textures (texture id -> bytes) per (BDDL file, colour shift), shared by the envs of
+the process: LIBERO's textures (~190 MB per scene) are rotated once, then copied into every newly
+compiled model. At most ``_ROTATED_KEEP`` entries."""
+_ROTATED_KEEP = 2
+
+
+def _robot_geoms(inner: Any) -> np.ndarray:
+    """bool [ngeom]: the geoms of the robots' subtrees (arm, mount, gripper)."""
+    model = inner.sim.model
+    return _subtree_geoms(model, [model.body_name2id(r.robot_model.root_body) for r in inner.robots])
+
+
+def _perturb_model(inner: Any, p: Perturb, scene: str) -> None:
+    """Apply ``p``'s camera, lighting and colour changes to ``inner``'s freshly compiled model (before
+    its render context uploads the textures). ``scene``: the BDDL file, the texture cache's key."""
+    import mujoco
+
+    model = inner.sim.model._model
+    if p.camera_shift:
+        cam = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, AGENTVIEW)
+        model.cam_pos[cam] += p.camera_shift * model.cam_mat0[cam].reshape(3, 3) @ CAMERA_SHIFT_AXIS
+    if p.lighting:
+        scale = 1.0 + p.lighting
+        for arr in (model.light_diffuse, model.light_ambient, model.light_specular):
+            arr *= scale
+        head = model.vis.headlight
+        head.diffuse, head.ambient, head.specular = (
+            np.asarray(head.diffuse) * scale,
+            np.asarray(head.ambient) * scale,
+            np.asarray(head.specular) * scale,
+        )
+    if p.colour_shift:
+        hue = _hue_matrix(p.colour_shift)
+        robot = _robot_geoms(inner)
+        model.geom_rgba[~robot, :3] = np.clip(model.geom_rgba[~robot, :3] @ hue.T, 0.0, 1.0)
+        matid = np.asarray(model.geom_matid)
+        mats = sorted(set(matid[~robot].tolist()) - set(matid[robot].tolist()) - {-1})
+        model.mat_rgba[mats, :3] = np.clip(model.mat_rgba[mats, :3] @ hue.T, 0.0, 1.0)
+        roles = [mujoco.mjtTextureRole.mjTEXROLE_RGB, mujoco.mjtTextureRole.mjTEXROLE_RGBA]
+        texids = np.asarray(model.mat_texid)[mats][:, [int(r) for r in roles]]
+        key = (scene, p.colour_shift)
+        cached = _ROTATED.pop(key, {})
+        for t in sorted({int(t) for t in texids.ravel() if t >= 0}):
+            adr, channels = int(model.tex_adr[t]), int(model.tex_nchannel[t])
+            if channels < 3:  # no colour to turn
+                continue
+            size = int(model.tex_width[t]) * int(model.tex_height[t]) * channels
+            if t not in cached or cached[t].size != size:
+                cached[t] = _rotate_texture(model.tex_data[adr : adr + size], channels, hue)
+            model.tex_data[adr : adr + size] = cached[t]
+        _ROTATED[key] = cached  # most recently used last
+        while len(_ROTATED) > _ROTATED_KEEP:
+            del _ROTATED[next(iter(_ROTATED))]
+
+
+def _shift_objects(inner: Any, magnitude: float, rng: np.random.Generator) -> None:
+    """Move the free-joint objects of ``inner``'s current state by ``magnitude`` metres in x/y.
+
+    Call it once the objects rest (LIBERO's init states hold them above their supports; the
+    settle steps drop them): geoms within ``TOUCH`` of each other then say what stands on what.
+    Objects touching each other (a bowl on a box) form a group that moves as one; a group that
+    touches a fixture or the robot (a bowl in a drawer, on the stove or on the cabinet) stays
+    where it is, since moving it would take it off its support or push it into it. Each other
+    group gets a direction drawn from ``rng``; a draw that brings a moved object within ``TOUCH``
+    of anything but the scenery (table, floor, walls) and its own group is redrawn, up to
+    ``SHIFT_TRIES`` draws, after which the draw with the fewest such contacts is used. Heights,
+    orientations and velocities are kept."""
+    import mujoco
+
+    model, data = inner.sim.model._model, inner.sim.data._data
+    free = [j for j in range(model.njnt) if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
+    if not free:
+        return
+    # The owner of each geom: object k >= 0, or a fixture / the robot (-1), or scenery (-2).
+    owner = np.full(model.ngeom, -2, dtype=np.int64)
+    fixtures = [inner.sim.model.body_name2id(f.root_body) for f in inner.fixtures_dict.values()]
+    owner[_subtree_geoms(model, fixtures) | _robot_geoms(inner)] = -1
+    for k, j in enumerate(free):
+        owner[_subtree_geoms(model, [int(model.jnt_bodyid[j])])] = k
+
+    def contacts() -> tuple[np.ndarray, np.ndarray]:
+        """Owners of the two geoms of every contact (pair within the raised margins) of the state."""
+        inner.sim.forward()
+        n = int(data.ncon)
+        return owner[np.asarray(data.contact.geom1)[:n]], owner[np.asarray(data.contact.geom2)[:n]]
+
+    margin = model.geom_margin.copy()
+    model.geom_margin[:] = np.maximum(margin, TOUCH)  # contacts then list the pairs within TOUCH
+    try:
+        a, b = contacts()
+        pairs = list(zip(a.tolist(), b.tolist(), strict=True))
+        pairs += [(y, x) for x, y in pairs]
+        group = list(range(len(free)))  # union-find over the objects touching each other
+
+        def root(k: int) -> int:
+            while group[k] != k:
+                k = group[k]
+            return k
+
+        for x, y in pairs:
+            if x >= 0 and y >= 0:
+                group[root(x)] = root(y)
+        comp = np.array([root(k) for k in range(len(free))])
+        held = {int(comp[x]) for x, y in pairs if x >= 0 and y == -1}
+        moving = [g for g in sorted(set(comp.tolist())) if g not in held]
+        if not moving:
+            return
+        adr = np.asarray(model.jnt_qposadr)[free]
+        start = np.stack([data.qpos[adr], data.qpos[adr + 1]], axis=1)
+        moved = np.isin(comp, moving)
+
+        def place(offsets: np.ndarray) -> int:
+            """Put the moving groups at their offsets; how many contacts they make that count."""
+            shift = np.zeros((len(free), 2))
+            for g, off in zip(moving, offsets, strict=True):
+                shift[comp == g] = off
+            data.qpos[adr], data.qpos[adr + 1] = start[:, 0] + shift[:, 0], start[:, 1] + shift[:, 1]
+            a, b = contacts()
+            ia, ib = np.maximum(a, 0), np.maximum(b, 0)  # object indices where a, b >= 0
+            mine = ((a >= 0) & moved[ia]) | ((b >= 0) & moved[ib])
+            same = (a >= 0) & (b >= 0) & (comp[ia] == comp[ib])
+            return int((mine & (a != -2) & (b != -2) & ~same).sum())
+
+        best: tuple[int, np.ndarray] | None = None
+        for _ in range(SHIFT_TRIES):
+            angle = rng.uniform(0.0, 2.0 * math.pi, len(moving))
+            offsets = magnitude * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+            clashes = place(offsets)
+            if best is None or clashes < best[0]:
+                best = (clashes, offsets)
+            if clashes == 0:
+                return
+        assert best is not None
+        log.warning("init_shift: every draw of %d made contacts; using one with %d", SHIFT_TRIES, best[0])
+        place(best[1])
+    finally:
+        model.geom_margin[:] = margin
+        inner.sim.forward()
+
+
 def _load_init_states(path: str) -> np.ndarray:
     """A task's init states (float64 [50, D]) via torch's restricted unpickler, not plain pickle."""
     import torch
@@ -282,6 +571,8 @@ class _Slot:
         self.grip_geoms: np.ndarray | None = None
         self.other_geoms: np.ndarray | None = None
         self.touched = False
+        # Pixel noise of the current episode (seeded at every reset; None without pixel_noise).
+        self.noise: np.random.Generator | None = None
 
 
 @ENVS.register("libero")
@@ -308,6 +599,9 @@ class LiberoVecEnv(VectorEnv):
     by action[0:3] times OSC_POSE's position scale (0.05 m per unit of action: the commanded goal;
     the arm moves less), inside the reachable part of the scene's work surface; action[6] > 0
     closes the gripper (< 0 opens it; exactly 0 keeps it as it is).
+
+    ``perturb``: evaluation-time perturbations (``Perturb``; None or ``{}``: none), each the same
+    for every reset to a given init state.
     """
 
     def __init__(
@@ -322,8 +616,10 @@ class LiberoVecEnv(VectorEnv):
         antialias: bool = False,
         reflections: bool = True,
         seed: int = 0,
+        perturb: dict[str, Any] | None = None,
     ) -> None:
         self.num_envs = check_int("num_envs", num_envs, 1)
+        self._perturb = Perturb.from_dict(perturb)
         if suite not in SUITE_MAX_STEPS:
             raise ValueError(f"suite must be one of {', '.join(SUITE_MAX_STEPS)}; got {suite!r}")
         self.suite = suite
@@ -354,7 +650,8 @@ class LiberoVecEnv(VectorEnv):
         self._languages = languages
 
         size = self.image_size
-        charset = "".join(sorted(set("".join(languages)) | {" "}))
+        said = [paraphrase(text, self._perturb.paraphrase) for text in languages]
+        charset = "".join(sorted(set("".join(languages) + "".join(said)) | {" "}))
         obs_spaces: dict[str, spaces.Space] = {
             "image": spaces.Box(0, 255, (size, size, 3), np.uint8),
             "state": spaces.Box(-STATE_BOUND, STATE_BOUND, (STATE_DIM,), np.float32),
@@ -410,6 +707,8 @@ class LiberoVecEnv(VectorEnv):
             vis = inner.sim.model._model.vis
             vis.global_.offwidth = vis.global_.offheight = size
             vis.quality.offsamples = samples
+            if self._perturb.changes_model():
+                _perturb_model(inner, self._perturb, task.bddl_file)
 
         inner._initialize_sim = _initialize_sim
 
@@ -434,12 +733,19 @@ class LiberoVecEnv(VectorEnv):
                 slot.sim.close()
                 slot.sim = None
             slot.sim, slot.task = self._build(task, slot), task
-        slot.sim.seed(reset_seed(self.suite, task.task_id, init_id))
+        seed = reset_seed(self.suite, task.task_id, init_id)
+        slot.sim.seed(seed)
         slot.grip_geoms = slot.other_geoms = None
-        slot.sim.reset()  # a hard reset: a new model
+        slot.sim.reset()  # a hard reset: a new model (with the perturbation's model changes)
         obs = slot.sim.set_init_state(task.init_states[init_id])
         slot.grip_geoms, slot.other_geoms = _contact_lookups(slot.sim.env)
         noop = np.asarray(NOOP_ACTION)
+        p = self._perturb
+        if p.init_shift:  # settle, shift the resting objects, settle again
+            for _ in range(self.settle_steps):
+                slot.sim.step(noop)
+            _shift_objects(slot.sim.env, p.init_shift, np.random.default_rng([seed, SHIFT_STREAM]))
+        slot.noise = np.random.default_rng([seed, NOISE_STREAM]) if p.pixel_noise else None
         for _ in range(self.settle_steps):
             obs, _, _, _ = slot.sim.step(noop)
         slot.t, slot.done, slot.init_state = 0, False, k
@@ -456,11 +762,19 @@ class LiberoVecEnv(VectorEnv):
         # OpenGL rows run bottom-up: flip vertically to get the upright camera image.
         return sim.sim.render(camera_name=camera, width=self.image_size, height=self.image_size)[::-1]
 
+    def _sense(self, slot: _Slot, camera: str) -> np.ndarray:
+        """A camera image with the slot's pixel noise (if any) added."""
+        image = self._render(slot.sim, camera)
+        if slot.noise is None:
+            return image
+        noise = slot.noise.normal(0.0, self._perturb.pixel_noise, image.shape)
+        return np.clip(np.rint(image + noise), 0, 255).astype(np.uint8)
+
     def _observe(self, i: int, obs: dict[str, np.ndarray]) -> None:
-        sim = self._slots[i].sim
-        self._images[i] = self._render(sim, AGENTVIEW)
+        slot = self._slots[i]
+        self._images[i] = self._sense(slot, AGENTVIEW)
         if self._wrist is not None:
-            self._wrist[i] = self._render(sim, WRIST)
+            self._wrist[i] = self._sense(slot, WRIST)
         self._state[i, :3] = obs["robot0_eef_pos"]
         self._state[i, 3:6] = quat2axisangle(obs["robot0_eef_quat"])
         self._state[i, 6:8] = obs["robot0_gripper_qpos"]
@@ -469,7 +783,7 @@ class LiberoVecEnv(VectorEnv):
         out: ObsBatch = {
             "image": self._images.copy(),
             "state": self._state.copy(),
-            "instruction": [slot.task.language for slot in self._slots],
+            "instruction": [paraphrase(slot.task.language, self._perturb.paraphrase) for slot in self._slots],
         }
         if self._wrist is not None:
             out["wrist_image"] = self._wrist.copy()
@@ -570,8 +884,17 @@ class LiberoVecEnv(VectorEnv):
         )
 
     def vocabulary(self) -> list[str]:
-        """Every word of the instructions of the suite's tasks (one tokenizer serves the whole suite)."""
-        return sorted({w for text in self._languages for w in text.lower().split()})
+        """Every word of the instructions of the suite's tasks (one tokenizer serves the whole suite),
+        as this env words them (``perturb["paraphrase"]``)."""
+        level = self._perturb.paraphrase
+        return sorted({w for text in self._languages for w in paraphrase(text, level).lower().split()})
+
+    @classmethod
+    def suite_cells(cls, suite: str, env_kwargs: dict[str, Any], **context: Any) -> list[Any] | None:
+        """The robustness suite's cells (``libero_suites``); None for other suites."""
+        from asyncvla.envs.libero_suites import suite_cells
+
+        return suite_cells(suite, env_kwargs, **context)
 
     def close(self) -> None:
         for slot in getattr(self, "_slots", []):
