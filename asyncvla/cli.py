@@ -444,6 +444,7 @@ def _eval_suite(
             deterministic=cfg.eval.deterministic,
             shield=cfg.safety.shield if cfg.safety.shield.enabled else None,
             context={"axes": axis or None, "strengths": values, "trained": trained},
+            chunk=cfg.eval.num_envs,
         )
     except (KeyError, ValueError) as e:
         _fail(ConfigError(e.args[0] if e.args else str(e)))

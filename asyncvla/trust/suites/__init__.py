@@ -91,6 +91,7 @@ def run_suite(
     shield: Any = None,
     context: dict[str, Any] | None = None,
     on_done: Any = None,
+    chunk: int = 50,
 ) -> dict[str, Any]:
     """Run suite ``name`` and write its files under ``out``; returns the summary.
 
@@ -115,11 +116,13 @@ def run_suite(
         deterministic=deterministic,
         shield=shield,
         on_done=on_done,
+        chunk=chunk,
     )
     summary = {
         "suite": name,
         "env": env_name,
         "episodes_per_cell": episodes,
+        "envs_per_chunk": chunk,
         "seed_offset": seed_offset,
         "deterministic": deterministic,
         **suite.summarize(cells, records),

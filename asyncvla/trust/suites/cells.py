@@ -3,9 +3,9 @@
 A cell is one env setting (overrides of the run's env kwargs). Every cell runs the same episodes:
 episode j starts from init state (and seed) ``seed_offset + j``, so two cells whose settings keep
 the layout (a perturbation of the picture or of the instruction) differ only by that setting and
-compare episode by episode. Episodes run in fixed chunks of ``CHUNK`` over a pool of processes;
-the chunking, and with it every policy batch, does not depend on the number of processes, so the
-results do not either.
+compare episode by episode. Episodes run in fixed chunks (``chunk`` envs each, ``eval.num_envs``
+from the CLI) over a pool of processes; the chunking, and with it every policy batch, does not
+depend on the number of processes, so the results do not either.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from asyncvla.envs.episodes import run_episodes
 from asyncvla.policies import Policy
 
 CHUNK = 50
-"""Episodes per task of the pool (and envs per task): one policy batch holds at most this many."""
+"""Default episodes per task of the pool (and envs per task): one policy batch holds at most this
+many. Heavy simulators want fewer (each LIBERO env holds its own MuJoCo model and textures)."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ def run_cells(
     deterministic: bool = True,
     shield: ShieldConfig | None = None,
     on_done: Callable[[int], None] | None = None,
+    chunk: int = CHUNK,
 ) -> dict[str, list[dict[str, Any]]]:
     """Per cell name, its ``episodes`` episode records in episode order.
 
@@ -144,12 +146,12 @@ def run_cells(
     process loading ``checkpoint`` once. Both use one torch thread per process (the same kernels,
     hence the same actions). ``on_done(n)`` after every finished chunk of n episodes.
     """
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if episodes < 1 or chunk < 1:
+        raise ValueError(f"episodes and chunk must be >= 1, got {episodes}, {chunk}")
     tasks = [
-        (ci, (env_name, cell_kwargs(base_kwargs, cell), seed_offset + s, min(CHUNK, episodes - s)))
+        (ci, (env_name, cell_kwargs(base_kwargs, cell), seed_offset + s, min(chunk, episodes - s)))
         for ci, cell in enumerate(cells)
-        for s in range(0, episodes, CHUNK)
+        for s in range(0, episodes, chunk)
     ]
     results: list[list[dict[str, Any]]] = [[] for _ in tasks]
     if workers <= 1:
