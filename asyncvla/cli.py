@@ -424,10 +424,6 @@ def _eval_suite(
         except ValueError:
             _fail(ConfigError(f"--strengths: comma-separated numbers, got {strengths!r}"))
     policy = _load_checked(cfg, checkpoint, no_verify)
-    trained = {
-        "rl": [cfg.env.kwargs.get("family")],
-        "grounding": cfg.pretrain.families if cfg.pretrain.enabled else [],
-    }
     n_workers = workers or min(os.cpu_count() or 1, 8)
     try:
         res = run_suite(
@@ -443,7 +439,11 @@ def _eval_suite(
             workers=n_workers,
             deterministic=cfg.eval.deterministic,
             shield=cfg.safety.shield if cfg.safety.shield.enabled else None,
-            context={"axes": axis or None, "strengths": values, "trained": trained},
+            context={
+                "axes": axis or None,
+                "strengths": values,
+                "pretrained": cfg.pretrain.families if cfg.pretrain.enabled else [],
+            },
             chunk=cfg.eval.num_envs,
         )
     except (KeyError, ValueError) as e:

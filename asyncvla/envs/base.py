@@ -150,7 +150,8 @@ class VectorEnv(ABC):
     def suite_cells(cls, suite: str, env_kwargs: dict[str, Any], **context: Any) -> list[Any] | None:
         """The cells (``asyncvla.trust.suites.Cell``) of evaluation suite ``suite`` for an env built
         with ``env_kwargs``, the reference cell first (None: the env has none for that suite).
-        ``context``: what the suite knows of the run (``axes``, ``strengths``, ``trained``)."""
+        ``context``: what the suite knows of the run (``axes`` and ``strengths`` of a robustness
+        suite, ``pretrained``: the families of grounding pretraining)."""
         return None
 
     def asset_files(self) -> dict[str, str]:

@@ -199,7 +199,7 @@ def test_generalization_cells_separate_wording_combinations_and_families(tmp_pat
         1_000_000,
         tmp_path,
         policy=Constant(False),
-        context={"trained": {"rl": ["reach"], "grounding": ["goal"]}},
+        context={"pretrained": ["goal"]},
     )
     table = {r["cell"]: r for r in res["table"]}
     assert list(table)[:4] == ["seen", "heldout_wording", "heldout_combos", "heldout_combos_wording"]

@@ -70,7 +70,7 @@ def _family_cell(family: str, kwargs: dict[str, Any], how: str) -> Cell:
     return Cell(f"family={family}", overrides, axis=how, matched=False)
 
 
-def generalization_cells(kwargs: dict[str, Any], trained: dict[str, list[str]]) -> list[Cell]:
+def generalization_cells(kwargs: dict[str, Any], pretrained: list[str]) -> list[Cell]:
     family = kwargs.get("family", "object")
     cells = [
         Cell("seen", {"split": "train", "perturb": {"paraphrase": False}}, axis="seen"),
@@ -90,13 +90,7 @@ def generalization_cells(kwargs: dict[str, Any], trained: dict[str, list[str]]) 
     ]
     for f in FAMILIES:
         if f != family:
-            how = (
-                "rl"
-                if f in trained.get("rl", [])
-                else "grounding"
-                if f in trained.get("grounding", [])
-                else "none"
-            )
+            how = "grounding" if f in pretrained else "none"
             cells.append(_family_cell(f, kwargs, f"family ({how})"))
     return cells
 
@@ -118,7 +112,7 @@ def suite_cells(suite: str, kwargs: dict[str, Any], **context: Any) -> list[Cell
     if context.get("axes") or context.get("strengths"):
         raise ValueError(f"axes and strengths apply to the robustness suite, not {suite!r}")
     if suite == "generalization":
-        return generalization_cells(kwargs, context.get("trained") or {})
+        return generalization_cells(kwargs, context.get("pretrained") or [])
     if suite == "groups":
         return groups_cells(kwargs)
     if suite == "language":

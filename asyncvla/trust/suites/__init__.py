@@ -13,32 +13,38 @@ from __future__ import annotations
 
 import csv
 import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from asyncvla.config import ShieldConfig
+from asyncvla.policies import Policy
 from asyncvla.registry import Registry
 from asyncvla.stats import grouped_bootstrap, paired_bootstrap, wilson_interval
-from asyncvla.trust.suites.cells import Cell, check_cells, run_cells, successes
+from asyncvla.trust.suites.cells import CHUNK, Cell, check_cells, run_cells, successes
 
 
-class Suite:
-    """An analysis of cell records. Subclasses set ``name`` and implement ``summarize``, ``rows``
-    (the CSV and console table) and ``plot``."""
+class Suite(ABC):
+    """An analysis of cell records: a summary, the table of it (CSV and console) and a figure."""
 
     name = ""
     columns: tuple[str, ...] = ()
     """The table's columns (CSV header and console), keys of ``rows``' dicts."""
 
+    @abstractmethod
     def summarize(self, cells: list[Cell], records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-        raise NotImplementedError
+        """The suite's results from each cell's episode records (``cells[0]`` is the reference)."""
 
+    @abstractmethod
     def rows(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """The table lines of ``summary``."""
 
+    @abstractmethod
     def plot(self, summary: dict[str, Any], path: Path) -> None:
-        raise NotImplementedError
+        """Write the suite's PNG figure to ``path``."""
 
 
 SUITES: Registry[type[Suite]] = Registry("evaluation suite")
@@ -72,6 +78,25 @@ def per_cell(cells: list[Cell], records: dict[str, list[dict[str, Any]]]) -> lis
     return out
 
 
+def bars(table: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Horizontal bars of each row's success with its Wilson interval."""
+    from matplotlib.figure import Figure
+
+    names = [r["cell"] for r in table]
+    values = np.array([r["success"] for r in table])
+    low, high = np.array([r["ci95_low"] for r in table]), np.array([r["ci95_high"] for r in table])
+    fig = Figure(figsize=(7.0, 0.35 * len(names) + 1.2))
+    ax = fig.add_subplot()
+    ax.barh(range(len(names)), values, xerr=[values - low, high - values], color="#4c72b0", capsize=3)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("success rate")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def _fmt(value: Any) -> Any:
     return round(value, 4) if isinstance(value, float) else value
 
@@ -84,14 +109,14 @@ def run_suite(
     episodes: int,
     seed_offset: int,
     out: Path,
-    policy: Any = None,
+    policy: Policy | None = None,
     checkpoint: Path | None = None,
     workers: int = 1,
     deterministic: bool = True,
-    shield: Any = None,
+    shield: ShieldConfig | None = None,
     context: dict[str, Any] | None = None,
-    on_done: Any = None,
-    chunk: int = 50,
+    on_done: Callable[[int], None] | None = None,
+    chunk: int = CHUNK,
 ) -> dict[str, Any]:
     """Run suite ``name`` and write its files under ``out``; returns the summary.
 
@@ -147,4 +172,4 @@ def run_suite(
 
 from asyncvla.trust.suites import generalization, groups, language, robustness  # noqa: E402,F401
 
-__all__ = ["SUITES", "Cell", "Suite", "difference", "per_cell", "rate", "run_suite"]
+__all__ = ["SUITES", "Cell", "Suite", "bars", "difference", "per_cell", "rate", "run_suite"]

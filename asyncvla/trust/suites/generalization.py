@@ -3,8 +3,8 @@ wording, and task families the policy was not trained on, each against the seen 
 
 Cells that keep the seen cell's layouts (held-out wording of the same scenes) compare episode by
 episode; held-out combinations and other families are other scenes, compared as independent
-samples. Each family cell says how the policy met that family: ``rl`` (trained on it), ``grounding``
-(only pointing labels in pretraining) or ``none``.
+samples. Each family cell says how the policy met that family: ``grounding`` (pointing labels in
+pretraining only) or ``none``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from asyncvla.trust.suites import SUITES, Suite, per_cell
+from asyncvla.trust.suites import SUITES, Suite, bars, per_cell
 from asyncvla.trust.suites.cells import Cell
 
 
@@ -53,25 +53,3 @@ class Generalization(Suite):
 
     def plot(self, summary: dict[str, Any], path: Path) -> None:
         bars(summary["table"], path, "success per cell (Wilson 95%)")
-
-
-def bars(table: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Horizontal bars of each row's success with its Wilson interval."""
-    from matplotlib.figure import Figure
-
-    names = [r["cell"] for r in table]
-    values = [r["success"] for r in table]
-    err = [
-        [v - r["ci95_low"] for v, r in zip(values, table, strict=True)],
-        [r["ci95_high"] - v for v, r in zip(values, table, strict=True)],
-    ]
-    fig = Figure(figsize=(7.0, 0.35 * len(names) + 1.2))
-    ax = fig.add_subplot()
-    ax.barh(range(len(names)), values, xerr=err, color="#4c72b0", capsize=3)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("success rate")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)

@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 
 from asyncvla.stats import BOOTSTRAP_SAMPLES, percentile_interval
-from asyncvla.trust.suites import SUITES, Suite, per_cell, rate
+from asyncvla.trust.suites import SUITES, Suite, bars, per_cell, rate
 from asyncvla.trust.suites.cells import Cell, successes
-from asyncvla.trust.suites.generalization import bars
 
 MODES = ("true", "blank", "other_episode", "other_object")
 
