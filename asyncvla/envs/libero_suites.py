@@ -8,22 +8,11 @@ cell's episodes and compares with it episode by episode.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from asyncvla.trust.suites.cells import Cell
+from asyncvla.trust.suites.cells import Axes, Cell, integer_strength, robustness_cells
 
-
-def _integer(axis: str, lo: int, hi: int) -> Callable[[float], int]:
-    def value(s: float) -> int:
-        if float(s) != int(s) or not lo <= int(s) <= hi:
-            raise ValueError(f"{axis} strength must be an integer in [{lo}, {hi}], got {s:g}")
-        return int(s)
-
-    return value
-
-
-AXES: dict[str, tuple[tuple[float, ...], Callable[[float], dict[str, Any]]]] = {
+AXES: Axes = {
     # metres the agentview camera moves (towards its image's top right)
     "camera_shift": ((0.025, 0.05, 0.1), lambda s: {"camera_shift": s}),
     # light intensities scaled by 1 + s: dimmer scenes
@@ -33,7 +22,7 @@ AXES: dict[str, tuple[tuple[float, ...], Callable[[float], dict[str, Any]]]] = {
     # sensor noise std on 0..255
     "pixel_noise": ((10, 20, 40), lambda s: {"pixel_noise": s}),
     # 1: verbs reworded, 2: also spatial words, 3: also a "please " prefix
-    "paraphrase": ((1, 2, 3), lambda s: {"paraphrase": _integer("paraphrase", 1, 3)(s)}),
+    "paraphrase": ((1, 2, 3), lambda s: {"paraphrase": integer_strength("paraphrase", 1, 3)(s)}),
     # metres each movable object (or stack) moves in x/y from its init state
     "init_state": ((0.01, 0.03, 0.05), lambda s: {"init_shift": s}),
 }
@@ -41,24 +30,9 @@ AXES: dict[str, tuple[tuple[float, ...], Callable[[float], dict[str, Any]]]] = {
 are refused by the env's ``Perturb`` check (or here, for integer strengths)."""
 
 
-def robustness_cells(axes: list[str] | None = None, strengths: list[float] | None = None) -> list[Cell]:
-    names = list(AXES) if not axes else axes
-    unknown = [a for a in names if a not in AXES]
-    if unknown:
-        raise ValueError(f"unknown robustness axis {unknown[0]!r}; allowed: {', '.join(AXES)}")
-    if strengths is not None and len(names) != 1:
-        raise ValueError("strengths apply to one axis: name exactly one axis with them")
-    cells = [Cell("clean")]
-    for axis in names:
-        default, perturb = AXES[axis]
-        for s in strengths or default:
-            cells.append(Cell(f"{axis}={s:g}", {"perturb": perturb(s)}, axis=axis, level=float(s)))
-    return cells
-
-
 def suite_cells(suite: str, kwargs: dict[str, Any], **context: Any) -> list[Cell] | None:
     """``VectorEnv.suite_cells`` of the LIBERO env: the robustness suite's cells (``context``:
     ``axes``, ``strengths``); None for the other suites."""
     if suite == "robustness":
-        return robustness_cells(context.get("axes"), context.get("strengths"))
+        return robustness_cells(AXES, context.get("axes"), context.get("strengths"))
     return None

@@ -7,33 +7,22 @@ reference cell; other splits and families are other scenes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from asyncvla.envs.tabletop.tasks import FAMILIES, MAX_FILLERS, MIN_OBJECTS
-from asyncvla.trust.suites.cells import Cell
+from asyncvla.trust.suites.cells import Axes, Cell, integer_strength, robustness_cells
 
-
-def _integer(axis: str, lo: int, hi: int) -> Callable[[float], int]:
-    def value(s: float) -> int:
-        if float(s) != int(s) or not lo <= int(s) <= hi:
-            raise ValueError(f"{axis} strength must be an integer in [{lo}, {hi}], got {s:g}")
-        return int(s)
-
-    return value
-
-
-AXES: dict[str, tuple[tuple[float, ...], Callable[[float], dict[str, Any]]]] = {
-    "camera_shift": ((2, 4, 8), lambda s: {"camera_shift": _integer("camera_shift", -16, 16)(s)}),
+AXES: Axes = {
+    "camera_shift": ((2, 4, 8), lambda s: {"camera_shift": integer_strength("camera_shift", -16, 16)(s)}),
     "zoom": ((1.1, 1.2, 1.3), lambda s: {"zoom": s}),
     "lighting": ((0.15, 0.3, 0.6), lambda s: {"lighting": s}),
     "colour_shift": ((0.05, 0.1, 0.2), lambda s: {"color_shift": s}),
     "pixel_noise": ((10, 20, 40), lambda s: {"pixel_noise": s}),
-    "distractors": ((1, 2, 3), lambda s: {"extra_distractors": _integer("distractors", 0, 4)(s)}),
+    "distractors": ((1, 2, 3), lambda s: {"extra_distractors": integer_strength("distractors", 0, 4)(s)}),
     # 1: the held-out templates; each further level inserts one filler word the templates never use
     "paraphrase": (
         (1, 2, 3),
-        lambda s: {"paraphrase": True, "filler": _integer("paraphrase", 1, MAX_FILLERS + 1)(s) - 1},
+        lambda s: {"paraphrase": True, "filler": integer_strength("paraphrase", 1, MAX_FILLERS + 1)(s) - 1},
     ),
     "init_state": ((0.33, 0.67, 1.0), lambda s: {"init_shift": s}),
 }
@@ -41,21 +30,6 @@ AXES: dict[str, tuple[tuple[float, ...], Callable[[float], dict[str, Any]]]] = {
 are refused by the env's ``Perturb`` check (or here, for integer strengths)."""
 
 LANGUAGE_MODES = ("true", "blank", "other_episode", "other_object")
-
-
-def robustness_cells(axes: list[str] | None = None, strengths: list[float] | None = None) -> list[Cell]:
-    names = list(AXES) if not axes else axes
-    unknown = [a for a in names if a not in AXES]
-    if unknown:
-        raise ValueError(f"unknown robustness axis {unknown[0]!r}; allowed: {', '.join(AXES)}")
-    if strengths is not None and len(names) != 1:
-        raise ValueError("strengths apply to one axis: name exactly one axis with them")
-    cells = [Cell("clean")]
-    for axis in names:
-        default, perturb = AXES[axis]
-        for s in strengths or default:
-            cells.append(Cell(f"{axis}={s:g}", {"perturb": perturb(s)}, axis=axis, level=float(s)))
-    return cells
 
 
 def _family_cell(family: str, kwargs: dict[str, Any], how: str) -> Cell:
@@ -108,7 +82,7 @@ def language_cells() -> list[Cell]:
 def suite_cells(suite: str, kwargs: dict[str, Any], **context: Any) -> list[Cell] | None:
     """``VectorEnv.suite_cells`` of the tabletop."""
     if suite == "robustness":
-        return robustness_cells(context.get("axes"), context.get("strengths"))
+        return robustness_cells(AXES, context.get("axes"), context.get("strengths"))
     if context.get("axes") or context.get("strengths"):
         raise ValueError(f"axes and strengths apply to the robustness suite, not {suite!r}")
     if suite == "generalization":

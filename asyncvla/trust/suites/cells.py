@@ -46,6 +46,40 @@ class Cell:
     """Whether its episodes share the reference cell's layouts (paired differences apply)."""
 
 
+Axes = dict[str, tuple[tuple[float, ...], Callable[[float], dict[str, Any]]]]
+"""Robustness axis -> (default strengths, strength -> ``perturb`` entries), as an env declares them."""
+
+
+def integer_strength(axis: str, lo: int, hi: int) -> Callable[[float], int]:
+    """A strength -> int check for axes whose strengths count something (pixels, words, objects)."""
+
+    def value(s: float) -> int:
+        if float(s) != int(s) or not lo <= int(s) <= hi:
+            raise ValueError(f"{axis} strength must be an integer in [{lo}, {hi}], got {s:g}")
+        return int(s)
+
+    return value
+
+
+def robustness_cells(
+    table: Axes, axes: list[str] | None = None, strengths: list[float] | None = None
+) -> list[Cell]:
+    """``clean`` and one cell per (axis, strength) of ``table``: every axis at its default
+    strengths, or the named ``axes``; ``strengths`` replace the defaults of exactly one axis."""
+    names = list(table) if not axes else axes
+    unknown = [a for a in names if a not in table]
+    if unknown:
+        raise ValueError(f"unknown robustness axis {unknown[0]!r}; allowed: {', '.join(table)}")
+    if strengths is not None and len(names) != 1:
+        raise ValueError("strengths apply to one axis: name exactly one axis with them")
+    cells = [Cell("clean")]
+    for axis in names:
+        default, perturb = table[axis]
+        for s in strengths or default:
+            cells.append(Cell(f"{axis}={s:g}", {"perturb": perturb(s)}, axis=axis, level=float(s)))
+    return cells
+
+
 def cell_kwargs(base: dict[str, Any], cell: Cell) -> dict[str, Any]:
     """The env kwargs of ``cell``: the run's (without emulated latency, which only costs time)
     with the cell's overrides."""
