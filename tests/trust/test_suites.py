@@ -91,7 +91,7 @@ def test_camera_shift_hurts_an_image_policy_and_not_a_constant_one(tmp_path):
     assert table["clean"]["success"] > 0.5
     strongest = table["camera_shift=8"]
     assert strongest["success"] < table["clean"]["success"]
-    assert strongest["vs_clean"]["paired"] and strongest["vs_clean"]["ci95_high"] < 0  # a paired drop
+    assert strongest["paired"] and strongest["diff_ci95_high"] < 0  # a paired drop
     blind = _suite("robustness", Constant(False), tmp_path / "b", **axes)
     per_episode = blind["per_episode_success"]
     assert sum(per_episode["clean"]) > 0  # it does succeed sometimes (its path crosses the target)
@@ -203,7 +203,7 @@ def test_generalization_cells_separate_wording_combinations_and_families(tmp_pat
     )
     table = {r["cell"]: r for r in res["table"]}
     assert list(table)[:4] == ["seen", "heldout_wording", "heldout_combos", "heldout_combos_wording"]
-    assert table["heldout_wording"]["vs_seen"]["paired"] and not table["heldout_combos"]["vs_seen"]["paired"]
+    assert table["heldout_wording"]["paired"] and not table["heldout_combos"]["paired"]
     assert (
         table["family=goal"]["axis"] == "family (grounding)"
         and table["family=long"]["axis"] == "family (none)"

@@ -67,14 +67,27 @@ def difference(reference: np.ndarray, values: np.ndarray, matched: bool, seed: i
 
 
 def per_cell(cells: list[Cell], records: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Each cell's rate and its difference from the first (reference) cell."""
+    """Each cell's rate and its difference from the first (reference) cell: ``diff``,
+    ``diff_ci95_low``, ``diff_ci95_high`` and whether the interval is ``paired`` (0 for the reference)."""
     ref = successes(records[cells[0].name])
     out = []
     for k, cell in enumerate(cells):
         values = successes(records[cell.name])
-        row: dict[str, Any] = {"cell": cell.name, "axis": cell.axis, "level": cell.level, **rate(values)}
-        row["vs_" + cells[0].name] = None if k == 0 else difference(ref, values, cell.matched, seed=k)
-        out.append(row)
+        d = {"diff": 0.0, "ci95_low": 0.0, "ci95_high": 0.0, "paired": True}
+        if k:
+            d = difference(ref, values, cell.matched, seed=k)
+        out.append(
+            {
+                "cell": cell.name,
+                "axis": cell.axis,
+                "level": cell.level,
+                **rate(values),
+                "diff": d["diff"],
+                "diff_ci95_low": d["ci95_low"],
+                "diff_ci95_high": d["ci95_high"],
+                "paired": d["paired"],
+            }
+        )
     return out
 
 

@@ -33,23 +33,10 @@ class Generalization(Suite):
     )
 
     def summarize(self, cells: list[Cell], records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-        return {"table": per_cell(cells, records), "reference": cells[0].name}
+        return {"table": per_cell(cells, records)}
 
     def rows(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
-        key = "vs_" + summary["reference"]
-        out = []
-        for row in summary["table"]:
-            d = row[key] or {"diff": 0.0, "ci95_low": 0.0, "ci95_high": 0.0, "paired": True}
-            out.append(
-                {
-                    **row,
-                    "diff": d["diff"],
-                    "diff_ci95_low": d["ci95_low"],
-                    "diff_ci95_high": d["ci95_high"],
-                    "paired": d["paired"],
-                }
-            )
-        return out
+        return summary["table"]
 
     def plot(self, summary: dict[str, Any], path: Path) -> None:
         bars(summary["table"], path, "success per cell (Wilson 95%)")

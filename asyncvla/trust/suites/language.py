@@ -76,24 +76,17 @@ class Language(Suite):
         }
 
     def rows(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
-        out = []
-        for row in summary["table"]:
-            d = row["vs_true"] or {"diff": 0.0, "ci95_low": 0.0, "ci95_high": 0.0}
-            line = {
-                **row,
-                "diff": d["diff"],
-                "diff_ci95_low": d["ci95_low"],
-                "diff_ci95_high": d["ci95_high"],
+        f = summary["follows_altered"]
+        extra = (
+            {}
+            if f is None
+            else {
+                "follows_altered": f["success"],
+                "follows_ci95_low": f["ci95_low"],
+                "follows_ci95_high": f["ci95_high"],
             }
-            f = summary["follows_altered"]
-            if row["cell"] == "other_object" and f is not None:
-                line |= {
-                    "follows_altered": f["success"],
-                    "follows_ci95_low": f["ci95_low"],
-                    "follows_ci95_high": f["ci95_high"],
-                }
-            out.append(line)
-        return out
+        )
+        return [{**row, **(extra if row["cell"] == "other_object" else {})} for row in summary["table"]]
 
     def plot(self, summary: dict[str, Any], path: Path) -> None:
         table = [dict(r) for r in summary["table"]]

@@ -44,18 +44,15 @@ class Robustness(Suite):
         }
 
     def rows(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
-        out = []
-        for row in summary["table"]:
-            d = row["vs_clean"] or {"diff": 0.0, "ci95_low": 0.0, "ci95_high": 0.0}
-            out.append(
-                {
-                    **row,
-                    "drop": -d["diff"],
-                    "drop_ci95_low": -d["ci95_high"],
-                    "drop_ci95_high": -d["ci95_low"],
-                }
-            )
-        return out
+        return [
+            {
+                **r,
+                "drop": -r["diff"],
+                "drop_ci95_low": -r["diff_ci95_high"],
+                "drop_ci95_high": -r["diff_ci95_low"],
+            }
+            for r in summary["table"]
+        ]
 
     def plot(self, summary: dict[str, Any], path: Path) -> None:
         import numpy as np
