@@ -7,7 +7,7 @@ rows), so "above" / "top" mean smaller y. A scene is a pure function of its gene
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -337,7 +337,7 @@ def make_scene(key: SceneKey) -> Scene:
     }
     alt_subgoals = None
     if key.instruction == "other_object":
-        alt = _other_object(key, combos, pos, target, ref_text, subgoals)
+        alt = _other_object(key, combos, pos, ref_text, subgoals)
         if alt is not None:
             alt_subgoals, alt_words = alt
             words = {**words, **alt_words}
@@ -345,14 +345,7 @@ def make_scene(key: SceneKey) -> Scene:
     if key.instruction == "blank":
         instruction = ""
     elif key.instruction == "other_episode":  # GOAL_VARIANTS apart: another layout in every family
-        other = SceneKey(
-            **{
-                **key.__dict__,
-                "init_state": key.init_state + GOAL_VARIANTS,
-                "instruction": "true",
-                "filler": 0,
-            }
-        )
+        other = replace(key, init_state=key.init_state + GOAL_VARIANTS, instruction="true", filler=0)
         instruction = make_scene(other).instruction
     if key.filler and instruction:
         instruction = _insert_fillers(instruction, key.filler, key.rng(5))
@@ -387,7 +380,6 @@ def _other_object(
     key: SceneKey,
     combos: list[tuple[int, int]],
     pos: list[list[float]],
-    target: int,
     ref_text: str,
     subgoals: list[Subgoal],
 ) -> tuple[list[Subgoal], dict[str, str]] | None:
