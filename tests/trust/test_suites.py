@@ -268,3 +268,26 @@ def test_results_do_not_depend_on_the_number_of_processes(tmp_path):
     one = run_cells(*args, policy=policy)
     two = run_cells(*args, checkpoint=tmp_path / "ckpt", workers=2)
     assert one == two and len(one["shift"]) == 70
+
+
+def test_init_shift_crowds_objects_and_moves_the_gripper_to_a_corner_and_fillers_add_words():
+    from asyncvla.envs.tabletop.tasks import FILLERS, tokenize
+
+    seeds = list(range(6))
+    clean = make_env("tabletop", num_envs=6, family="object", n_objects=[3, 3])
+    shifted = make_env(
+        "tabletop", num_envs=6, family="object", n_objects=[3, 3], perturb={"init_shift": 1.0, "filler": 2}
+    )
+    o1, _ = clean.reset(seed=seeds, options={"init_state": seeds})
+    o2, _ = shifted.reset(seed=seeds, options={"init_state": seeds})
+    for i in range(6):
+        a, b = clean.describe(i), shifted.describe(i)
+        for p, q in zip(a["objects"], b["objects"], strict=True):
+            assert (p["colour"], p["shape"]) == (q["colour"], q["shape"])
+            assert q["pos"] == pytest.approx(
+                (0.5 + 0.5 * (p["pos"][0] - 0.5), 0.5 + 0.5 * (p["pos"][1] - 0.5))
+            )
+        assert all(min(abs(v - 0.04), abs(v - 0.96)) < 1e-9 for v in b["gripper"])
+        words = tokenize(o2["instruction"][i])
+        assert [w for w in words if w not in FILLERS[:2]] == tokenize(o1["instruction"][i])
+        assert sorted(w for w in words if w in FILLERS) == sorted(FILLERS[:2])
