@@ -69,13 +69,21 @@ class Robustness(Suite):
                 text[i][j] = f"{r['level']:g}\n{r['success']:.2f}"
         fig = Figure(figsize=(1.6 * levels + 3.0, 0.55 * len(axes) + 1.6))
         ax = fig.add_subplot()
-        im = ax.imshow(
-            drop, cmap="Reds", vmin=0.0, vmax=max(0.2, float(np.nanmax(drop, initial=0.0))), aspect="auto"
-        )
+        vmax = max(0.2, float(np.nanmax(drop, initial=0.0)))
+        im = ax.imshow(drop, cmap="Reds", vmin=0.0, vmax=vmax, aspect="auto")
         for i in range(len(axes)):
             for j in range(levels):
                 if text[i][j]:
-                    ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7)
+                    dark = drop[i, j] > 0.6 * vmax
+                    ax.text(
+                        j,
+                        i,
+                        text[i][j],
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if dark else "black",
+                    )
         ax.set_yticks(range(len(axes)), axes)
         ax.set_xticks(range(levels), [f"level {j + 1}" for j in range(levels)])
         clean = summary["clean"]
