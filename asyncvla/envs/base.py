@@ -16,6 +16,7 @@ write into them later (copy internal buffers out), so workers can keep them with
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,6 +73,15 @@ def reset_requests(
         return values
 
     return indices, per_env("seed", seed, True), per_env("init_state", options.get("init_state"), False)
+
+
+def hue_matrix(turns: float) -> np.ndarray:
+    """3x3 RGB rotation about the grey axis by ``turns`` of the colour circle: a hue shift that
+    keeps the sum of the channels (rows of colours times its transpose; envs' colour perturbations)."""
+    a = 2.0 * math.pi * turns
+    cos, sin = math.cos(a), math.sin(a)
+    k, s = (1.0 - cos) / 3.0, math.sqrt(1.0 / 3.0) * sin
+    return np.array([[cos + k, k - s, k + s], [k + s, cos + k, k - s], [k - s, k + s, cos + k]])
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ import numpy as np
 from gymnasium import spaces
 
 from asyncvla.envs import ENVS
-from asyncvla.envs.base import ObsBatch, ShieldModel, VectorEnv, check_int, reset_requests
+from asyncvla.envs.base import ObsBatch, ShieldModel, VectorEnv, check_int, hue_matrix, reset_requests
 
 log = logging.getLogger(__name__)
 
@@ -319,15 +319,6 @@ def _touching(data: Any, a: np.ndarray, b: np.ndarray) -> bool:
     return bool(((a[g1] & b[g2]) | (a[g2] & b[g1])).any())
 
 
-def _hue_matrix(turns: float) -> np.ndarray:
-    """RGB rotation about the grey axis by ``turns`` of the colour circle: a hue shift that keeps
-    the sum of the channels."""
-    a = 2.0 * math.pi * turns
-    cos, sin = math.cos(a), math.sin(a)
-    k, s = (1.0 - cos) / 3.0, math.sqrt(1.0 / 3.0) * sin
-    return np.array([[cos + k, k - s, k + s], [k + s, cos + k, k - s], [k - s, k + s, cos + k]])
-
-
 def _rotate_texture(data: np.ndarray, channels: int, hue: np.ndarray) -> np.ndarray:
     """uint8 texture bytes (``channels`` per texel, RGB first) with ``hue`` applied to the RGB."""
     texels = data.reshape(-1, channels)
@@ -377,7 +368,7 @@ def _perturb_model(inner: Any, p: Perturb, scene: str) -> None:
             np.asarray(head.specular) * scale,
         )
     if p.colour_shift:
-        hue = _hue_matrix(p.colour_shift)
+        hue = hue_matrix(p.colour_shift)
         robot = _robot_geoms(inner)
         model.geom_rgba[~robot, :3] = np.clip(model.geom_rgba[~robot, :3] @ hue.T, 0.0, 1.0)
         matid = np.asarray(model.geom_matid)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from asyncvla.envs.base import hue_matrix
 from asyncvla.envs.tabletop.sim import Episode
 from asyncvla.envs.tabletop.tasks import (
     COLOURS,
@@ -134,14 +135,6 @@ def _odd(x: float, minimum: int) -> int:
     return n if n % 2 else n + 1
 
 
-def _hue_matrix(turns: float) -> np.ndarray:
-    """RGB rotation about the grey axis: a hue shift that keeps brightness."""
-    a = 2.0 * math.pi * turns
-    cos, sin = math.cos(a), math.sin(a)
-    k, s = (1.0 - cos) / 3.0, math.sqrt(1.0 / 3.0) * sin
-    return np.array([[cos + k, k - s, k + s], [k + s, cos + k, k - s], [k - s, k + s, cos + k]])
-
-
 def _blit(img: np.ndarray, mask: np.ndarray, colour: np.ndarray, cx: int, cy: int) -> None:
     """Paint ``colour`` where ``mask`` is set, centred on pixel (cx, cy), clipped to the image."""
     h, w = mask.shape
@@ -179,7 +172,7 @@ class View:
 
         palette = np.array(list(COLOURS.values()), dtype=np.float64)
         if perturb.color_shift:
-            palette = palette @ _hue_matrix(perturb.color_shift).T
+            palette = palette @ hue_matrix(perturb.color_shift).T
         self.colours = [lit(palette[c]) for c in colours]
         self.gripper_colour = lit(GRIPPER)
         obj = _odd(OBJECT_SIZE * self.scale, 3)
