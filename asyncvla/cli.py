@@ -460,12 +460,9 @@ def _eval_suite(
             )
         )
     Console(width=max(console.width, 150)).print(table)
-    if suite == "language":
-        lds = res["language_dependence"]
-        if lds["value"] is not None:
-            console.print(
-                f"language dependence {lds['value']:.3f} [{lds['ci95_low']:.3f}, {lds['ci95_high']:.3f}]"
-            )
+    headline = SUITES.get(suite)().headline(res)
+    if headline:
+        console.print(headline)
     console.print(f"{suite}: {out}/{suite}.json, .csv, .png")
 
 

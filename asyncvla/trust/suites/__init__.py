@@ -46,6 +46,10 @@ class Suite(ABC):
     def plot(self, summary: dict[str, Any], path: Path) -> None:
         """Write the suite's PNG figure to ``path``."""
 
+    def headline(self, summary: dict[str, Any]) -> str | None:
+        """One line to print under the table (None: nothing beyond the table)."""
+        return None
+
 
 SUITES: Registry[type[Suite]] = Registry("evaluation suite")
 

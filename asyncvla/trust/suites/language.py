@@ -88,6 +88,12 @@ class Language(Suite):
         )
         return [{**row, **(extra if row["cell"] == "other_object" else {})} for row in summary["table"]]
 
+    def headline(self, summary: dict[str, Any]) -> str | None:
+        lds = summary["language_dependence"]
+        if lds["value"] is None:
+            return None
+        return f"language dependence {lds['value']:.3f} [{lds['ci95_low']:.3f}, {lds['ci95_high']:.3f}]"
+
     def plot(self, summary: dict[str, Any], path: Path) -> None:
         table = [dict(r) for r in summary["table"]]
         f = summary["follows_altered"]
