@@ -22,7 +22,6 @@ import torch
 
 from asyncvla.config import ShieldConfig
 from asyncvla.envs import make_env
-from asyncvla.envs.episodes import run_episodes
 from asyncvla.policies import Policy
 
 CHUNK = 50
@@ -125,33 +124,14 @@ def _chunk(
 ) -> list[dict[str, Any]]:
     """Episodes ``first .. first + count - 1`` of one cell: success, return, length, cost and the
     env's scalar ground truth of the final state (``describe``), one dict per episode."""
-    from asyncvla.safety.shield import ShieldedEnv, make_shield
+    from asyncvla.evaluation import policy_episodes
 
-    env = base_env = make_env(env_name, num_envs=count, **kwargs)
-    if shield is not None:
-        env = ShieldedEnv(base_env, make_shield(shield, base_env))
-    truth: dict[int, dict[str, Any]] = {}
-    describe = getattr(base_env, "describe", None)
-
-    def on_end(slot: int, episode: int) -> None:
-        if describe is not None:
-            facts = describe(slot)
-            truth[episode] = {k: v for k, v in facts.items() if isinstance(v, (str, bool, int, float))}
-
-    try:
-        with torch.no_grad():
-            eps = run_episodes(
-                env,
-                count,
-                first,
-                lambda o: policy.act(o, deterministic=deterministic).actions,
-                on_end=on_end,
-            )
-    finally:
-        env.close()
+    eps, facts = policy_episodes(
+        policy, env_name, kwargs, count, count, first, deterministic, shield, with_facts=True
+    )
     return [
-        {"success": e.success, "return": e.ret, "length": e.length, "cost": e.cost, **truth.get(j, {})}
-        for j, e in enumerate(eps)
+        {"success": e.success, "return": e.ret, "length": e.length, "cost": e.cost, **f}
+        for e, f in zip(eps, facts, strict=True)
     ]
 
 
